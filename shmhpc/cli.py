@@ -1,0 +1,213 @@
+"""Command line: ``python -m shmhpc {run,plan,topology,validate,schema}``.
+
+Exit codes: 0 ok; 1 a run that failed; 2 bad input (spec, arguments, files);
+128+N when stopped by signal N. Errors print as ``error: …`` lines, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .cpulist import format_cpulist, parse_cpulist
+from .errors import ShmhpcError, SpecError
+
+__all__ = ["main"]
+
+
+def _topology_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sysfs-root",
+        metavar="DIR",
+        help="read the machine from this sysfs root instead of /sys (also $SHMHPC_SYSFS_ROOT)",
+    )
+    p.add_argument(
+        "--allowed-cpus",
+        metavar="LIST",
+        help="use these CPUs (e.g. 0-7,16-23) instead of this process's affinity ∩ cgroup",
+    )
+
+
+def _read_topology(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .topology import read_topology
+
+    allowed = None
+    if args.allowed_cpus is not None:
+        try:
+            allowed = parse_cpulist(args.allowed_cpus)
+        except ValueError as exc:
+            raise SpecError(f"--allowed-cpus: {exc}") from None
+        if not allowed:
+            raise SpecError("--allowed-cpus: empty list")
+    if args.sysfs_root is not None and not Path(args.sysfs_root).is_dir():
+        raise SpecError(f"--sysfs-root: {args.sysfs_root!r} is not a directory")
+    return read_topology(args.sysfs_root, allowed)
+
+
+def _load(args: argparse.Namespace, path: str):  # type: ignore[no-untyped-def]
+    from .spec import load_spec
+
+    return load_spec(path, getattr(args, "set", None) or None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .progress import make_progress
+    from .report import summarize
+    from .runner import run_job
+
+    spec = _load(args, args.spec)
+    topo = _read_topology(args)
+    report = run_job(
+        spec,
+        topo,
+        spec_dir=Path(args.spec).resolve().parent,
+        report_path=args.report,
+        progress=make_progress(args.quiet),
+    )
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        print(summarize(report))
+    if report["status"] != "ok":
+        for msg in report.get("errors") or [report.get("error")]:
+            print(f"error: {msg}", file=sys.stderr)
+    return int(report["exit_code"])
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .runner import prepare
+
+    spec = _load(args, args.spec)
+    topo = _read_topology(args)
+    prep = prepare(spec, topo, Path(args.spec).resolve().parent)
+    if args.json:
+        out = prep.plan.to_dict()
+        out["job"] = spec.name
+        out["data"] = prep.data.to_dict()
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        print(f"plan for {spec.name} ({args.spec}):")
+        print(prep.plan.format_table())
+    return 0
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    topo = _read_topology(args)
+    d = topo.to_dict()
+    if args.json:
+        print(json.dumps(d, indent=2, sort_keys=True))
+        return 0
+    print(f"sysfs root: {d['root']}")
+    print(
+        f"{len(d['online'])} online CPUs ({format_cpulist(d['online'])}), {d['physical_cores']} physical cores, "
+        f"{len(d['packages'])} package(s), {len(d['nodes'])} NUMA node(s)"
+    )
+    print(f"usable CPUs: {format_cpulist(d['usable'])} ({d['usable_source']}), {d['usable_physical_cores']} physical cores")
+    if d["cpu_quota"] is not None:
+        print(f"cgroup CPU quota: {d['cpu_quota']:g} CPUs")
+    for n in d["nodes"]:
+        mem = f"{n['mem_total_bytes'] / 2**30:.1f} GiB" if n["mem_total_bytes"] else "? GiB"
+        cpus = format_cpulist(n["cpus"]) or "none (memory only)"
+        print(f"  node {n['id']}: CPUs {cpus}, memory {mem}")
+    smt = {tuple(c["siblings"]) for c in d["cpus"] if len(c["siblings"]) > 1}
+    if smt:
+        print("  SMT siblings: " + " ".join(format_cpulist(s) for s in sorted(smt)))
+    if d["llc_bytes"]:
+        print(f"  last-level cache: {d['llc_bytes'] / 2**20:.1f} MiB in total")
+    for note in d["notes"]:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .runner import prepare
+    from .spec import load_spec
+
+    topo = None
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path, args.set or None)
+            if not args.schema_only:
+                if topo is None:
+                    topo = _read_topology(args)
+                prepare(spec, topo, Path(path).resolve().parent)
+            print(f"{path}: ok")
+        except SpecError as exc:
+            failed += 1
+            for msg in exc.messages:
+                line = msg if msg.startswith(path) else f"{path}: {msg}"
+                print(f"error: {line}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="shmhpc",
+        description="Run chunk reductions over one shared NumPy array in pinned, NUMA-aware workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"shmhpc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run a job spec and write its JSON report")
+    p.add_argument("spec", help="YAML job spec")
+    p.add_argument("--report", metavar="PATH", help="report path (overrides the spec's report:)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. workers=4")
+    p.add_argument("--json", action="store_true", help="print the whole report instead of the summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _topology_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plan", help="print where each worker will run; runs nothing")
+    p.add_argument("spec")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field")
+    p.add_argument("--json", action="store_true", help="machine-readable plan")
+    _topology_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("topology", help="what this machine looks like to shmhpc")
+    p.add_argument("--json", action="store_true")
+    _topology_args(p)
+    p.set_defaults(func=cmd_topology)
+
+    p = sub.add_parser("validate", help="check job specs (and their placement on this machine); list every error")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field")
+    p.add_argument("--schema-only", action="store_true", help="check the specs alone, not against this machine")
+    _topology_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of job specs")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ShmhpcError as exc:
+        messages = exc.messages if isinstance(exc, SpecError) else [str(exc)]
+        for msg in messages:
+            print(f"error: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `shmhpc schema | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

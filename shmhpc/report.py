@@ -1,0 +1,189 @@
+"""The versioned JSON report: building blocks, atomic dump, checked load, human summary.
+
+A report is data, not a log (pyperf's habit): a ``version``, shared metadata
+hoisted to the top (job, host, topology), raw per-repeat values next to their
+summaries, ``sort_keys`` on dump. Unknown versions are refused on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .cpulist import format_cpulist
+from .errors import SpecError
+from .threads import relevant_env
+
+__all__ = ["REPORT_VERSION", "host_info", "write_report", "load_report", "summarize", "stats"]
+
+REPORT_VERSION = 1
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "cpu model", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def host_info() -> dict[str, Any]:
+    import numpy
+
+    from . import __version__
+
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "shmhpc": __version__,
+        "env": relevant_env(),
+        "slurm": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SLURM_") and "CONF" not in k} or None,
+    }
+
+
+def stats(values: list[float]) -> dict[str, float | None]:
+    """Median, mean, stdev, min, max of raw values (None when empty)."""
+    if not values:
+        return {"median": None, "mean": None, "stdev": None, "min": None, "max": None}
+    return {
+        "median": statistics.median(values),
+        "mean": statistics.fmean(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """Last-resort conversion for numpy scalars and tuples."""
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def write_report(report: dict, path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temp file in the same directory + rename): a crash never leaves half a report."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return p
+
+
+def load_report(path: str | os.PathLike[str]) -> dict:
+    """Read a report, refusing malformed files and unknown versions with a one-line ``SpecError``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such report file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read report: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: not a JSON report (line {exc.lineno}: {exc.msg}); truncated?") from None
+    if not isinstance(data, dict) or "version" not in data:
+        raise SpecError(f"{path}: not a shmhpc report (no 'version' field)")
+    if data["version"] != REPORT_VERSION:
+        raise SpecError(f"{path}: report version {data['version']!r} is not supported; this shmhpc reads version {REPORT_VERSION}")
+    return data
+
+
+def now_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.3f} s"
+
+
+def summarize(report: dict) -> str:
+    """A short human summary: where workers ran, median time, GB/s, verified or not."""
+    job = report.get("job", {})
+    lines = [f"{job.get('name', '?')}: {report.get('status', '?')}"]
+    if report.get("error"):
+        lines[0] += f" — {report['error']}"
+    workers = report.get("workers") or []
+    if workers:
+        pinned = report.get("plan", {}).get("pinned")
+        lines.append(
+            f"  {len(workers)} workers, pinning {report.get('plan', {}).get('policy', job.get('pinning'))}"
+            f"{'' if pinned else ' (not pinned)'}:"
+        )
+        for w in workers:
+            ran = w.get("cpus_ran_on")
+            lines.append(
+                f"    rank {w['rank']}: cpus {format_cpulist(w.get('cpus_observed') or [])}"
+                f" (asked {format_cpulist(w.get('cpus_requested') or [])}), node {w.get('node', '-')}"
+                + (f", ran on {format_cpulist(ran)}" if ran else "")
+            )
+    t = report.get("timings") or {}
+    bw = report.get("bandwidth") or {}
+    if t.get("repeat_s"):
+        med = t.get("repeat", {}).get("median")
+        lines.append(
+            f"  repeat: median {_fmt_s(med)} over {len(t['repeat_s'])} (min {_fmt_s(t.get('repeat', {}).get('min'))}), "
+            f"{(bw.get('gbps') or {}).get('median', 0) or 0:.2f} GB/s median"
+        )
+        lines.append(
+            f"  phases: pool start {_fmt_s(t.get('pool_start_s'))}, load {_fmt_s(t.get('load_s'))}, "
+            f"teardown {_fmt_s(t.get('teardown_s'))}, end-to-end {_fmt_s(t.get('total_s'))}"
+        )
+    res = report.get("result") or {}
+    if res:
+        v = res.get("value")
+        vs = f"{v:.10g}" if isinstance(v, float) else str(v)[:60]
+        if res.get("verified") is None:
+            check = "not verified"
+        else:
+            check = (
+                f"{'verified' if res['verified'] else 'VERIFICATION FAILED'} (abs error {res.get('abs_error', 0):.3g}, "
+                f"rel {res.get('rel_error', 0):.3g}, tolerance {res.get('tolerance', 0):.3g})"
+            )
+        lines.append(f"  result: {res.get('kernel')} = {vs}, {check}")
+    for w in report.get("warnings") or []:
+        lines.append(f"  warning: {w}")
+    if report.get("report_path"):
+        lines.append(f"  report: {report['report_path']}")
+    return "\n".join(lines)

@@ -1,0 +1,394 @@
+"""Running a job: plan → shared segment → pinned pool → load → repeats → verify → report.
+
+The launcher alone creates and unlinks the segment, in ``finally``: a run that
+fails (bad placement, a worker that dies or raises, failed verification, a
+signal) leaves nothing in ``/dev/shm`` and still writes a report saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cpulist import format_cpulist
+from .data import DataInfo, describe_data
+from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
+from .kernels import combine_all, make_kernel, state_count
+from .placement import Plan, plan_job
+from .pool import Pool, WorkerInit
+from .progress import NullProgress
+from .report import REPORT_VERSION, host_info, now_stamp, stats, write_report
+from .shm import Segment, default_shm_dir
+from .spec import JobSpec
+from .threads import thread_env
+from .topology import Topology
+from .verify import verify
+
+__all__ = ["prepare", "run_job", "Prepared", "report_path_for"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: Slurm's usual --signal warning
+
+
+@dataclass
+class Prepared:
+    spec: JobSpec
+    data: DataInfo
+    plan: Plan
+    topology: Topology
+    search_path: tuple[str, ...]
+
+
+def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] = ".") -> Prepared:
+    """Everything checkable before a process starts: data files, placement, kernel. Raises SpecError."""
+    errors: list[str] = []
+    data = plan = None
+    try:
+        data = describe_data(spec.data, spec_dir)
+    except SpecError as exc:
+        errors.extend(exc.messages)
+    if data is not None:
+        try:
+            plan = plan_job(
+                pinning=spec.pinning,
+                workers=spec.workers,
+                threads_per_worker=spec.threads_per_worker,
+                topology=topology,
+                n_rows=data.n_rows,
+                row_bytes=data.row_bytes,
+                chunks_per_worker=spec.chunks_per_worker,
+                partition=spec.numa.partition,
+                oversubscribe=spec.oversubscribe,
+            )
+        except SpecError as exc:
+            errors.extend(exc.messages)
+    search_path = (str(Path(spec_dir).resolve()),)
+    try:
+        make_kernel(spec.kernel, spec.accumulate, list(search_path))
+    except SpecError as exc:
+        errors.extend(exc.messages)
+    if errors:
+        raise SpecError(errors)
+    assert data is not None and plan is not None  # noqa: S101 - guaranteed by the error check above
+    return Prepared(spec, data, plan, topology, search_path)
+
+
+def report_path_for(spec: JobSpec, override: str | None = None, workers: int | None = None, policy: str | None = None) -> Path:
+    template = override or spec.report
+    safe_policy = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (policy or str(spec.pinning)))
+    return Path(
+        template.format(
+            name=spec.name,
+            timestamp=now_stamp(),
+            workers=workers if workers is not None else spec.workers,
+            pinning=safe_policy,
+        )
+    )
+
+
+class _StopFlag:
+    """Records the first stop signal; installed handlers are restored on exit (habit 4)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._saved[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._saved.items():
+            signal.signal(s, h)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(self.signum)
+
+
+def _check_runnable_here(prep: Prepared) -> None:
+    """A plan for another machine (fake sysfs, --allowed-cpus) may name CPUs we cannot run on."""
+    here = os.sched_getaffinity(0)
+    wanted = {c for w in prep.plan.workers for c in w.cpus}
+    missing = sorted(wanted - here)
+    if missing:
+        raise SpecError(
+            f"pinning: cpu {format_cpulist(missing)} is planned but this process may only run on "
+            f"{format_cpulist(here)}; plan for other machines with `shmhpc plan`, run here without --sysfs-root"
+        )
+
+
+def _check_shm_space(nbytes: int, shm_dir: str) -> None:
+    st = os.statvfs(shm_dir)
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise RunError(
+            f"data: the array needs {nbytes / 1e9:.3f} GB but {shm_dir} has {free / 1e9:.3f} GB free; "
+            "use smaller data, a larger /dev/shm (docker --shm-size) or a bigger allocation"
+        )
+
+
+def _new_report(spec: JobSpec, topology: Topology) -> dict[str, Any]:
+    return {
+        "version": REPORT_VERSION,
+        "status": "failed",
+        "error": None,
+        "job": spec.model_dump(mode="json"),
+        "host": host_info(),
+        "topology": topology.to_dict(),
+        "started_at": now_stamp(),
+        "warnings": [],
+    }
+
+
+def run_job(
+    spec: JobSpec,
+    topology: Topology,
+    *,
+    spec_dir: str | os.PathLike[str] = ".",
+    report_path: str | None = None,
+    progress: NullProgress | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Run ``spec`` and return its report (also written to disk unless ``write=False``).
+
+    Never raises for a failed run: the report's ``status`` says ``failed`` or
+    ``interrupted`` with ``error``; ``report["exit_code"]`` is what the CLI exits with.
+    """
+    progress = progress or NullProgress()
+    report = _new_report(spec, topology)
+    t_start = time.perf_counter()
+    timings: dict[str, Any] = {}
+    seg: Segment | None = None
+    pool: Pool | None = None
+    shm_dir = default_shm_dir()
+    prep: Prepared | None = None
+    exit_code = 0
+    flag = _StopFlag()
+    try:
+        with flag:
+            prep = prepare(spec, topology, spec_dir)
+            report["data"] = prep.data.to_dict()
+            report["plan"] = prep.plan.to_dict()
+            report["warnings"].extend(prep.plan.warnings)
+            _check_runnable_here(prep)
+            _check_shm_space(prep.data.nbytes, shm_dir)
+            seg = Segment.create(prep.data.nbytes, shm_dir)
+            report["segment"] = {"name": seg.name, "dir": shm_dir, "size_bytes": seg.size}
+            env = thread_env(spec.threads_per_worker)
+            inits = [
+                WorkerInit(
+                    rank=w.rank,
+                    cpus=w.cpus,
+                    pin=prep.plan.pinned,
+                    threads=spec.threads_per_worker,
+                    env=env,
+                    segment=seg.name,
+                    shm_dir=shm_dir,
+                    data=prep.data,
+                    rows=w.rows,
+                    chunks=w.chunks,
+                    kernel=spec.kernel,
+                    accumulate=spec.accumulate,
+                    search_path=prep.search_path,
+                )
+                for w in prep.plan.workers
+            ]
+            pool = Pool(inits, spec.start_method, spec.timeout_s, stop_flag=flag)
+            progress.phase(f"starting {len(inits)} workers ({spec.start_method})")
+            t0 = time.perf_counter()
+            hello = pool.start(env)
+            timings["pool_start_s"] = time.perf_counter() - t0
+            report["warnings"].extend(pool.warnings)
+            progress.phase_done("pool start", timings["pool_start_s"])
+            workers = [
+                {
+                    "rank": w.rank,
+                    "pid": h["pid"],
+                    "cpus_requested": list(w.cpus),
+                    "cpus_observed": h["cpus_observed"],
+                    "pinned_ok": sorted(w.cpus) == h["cpus_observed"],
+                    "node": w.node,
+                    "rows": list(w.rows),
+                    "chunks": [list(c) for c in w.chunks],
+                    "threads": h["threads"],
+                }
+                for w, h in zip(prep.plan.workers, hello)
+            ]
+            report["workers"] = workers
+            bad = [w["rank"] for w in workers if not w["pinned_ok"]]
+            if bad:
+                report["warnings"].append(f"workers {bad} do not run on the CPUs asked for (see cpus_observed)")
+            flag.check()
+            progress.phase(f"loading {prep.data.nbytes / 1e6:,.1f} MB ({prep.data.source}) by the owning workers")
+            t0 = time.perf_counter()
+            loads = pool.load()
+            timings["load_s"] = time.perf_counter() - t0
+            progress.phase_done("load", timings["load_s"])
+            for w, ld in zip(workers, loads):
+                w["load_s"] = ld["seconds"]
+                w["populated"] = ld["populated"]
+                w["pages"] = ld["pages"]
+            report["pages"] = _pages_by_partition(prep.plan, loads)
+
+            n_rounds = spec.warmup + spec.repeats
+            progress.start_rounds(n_rounds, spec.warmup)
+            walls: list[float] = []
+            last_states: list[tuple[int, Any]] = []
+            for w in workers:
+                w["repeat_s"], w["chunk_s"], w["cpus_ran_on"] = [], [], set()
+            for r in range(n_rounds):
+                flag.check()
+                wall, replies = pool.run_round(r)
+                progress.round_done(r, wall)
+                walls.append(wall)
+                if r >= spec.warmup:
+                    for w, rep in zip(workers, replies):
+                        w["repeat_s"].append(sum(rep["seconds"]))
+                        w["chunk_s"].append(rep["seconds"])
+                        w["cpus_ran_on"].add(rep["cpu"])
+                if r == n_rounds - 1:
+                    last_states = [(c[0], s) for w, rep in zip(prep.plan.workers, replies) for c, s in zip(w.chunks, rep["states"])]
+            progress.close()
+            for w in workers:
+                w["cpus_ran_on"] = sorted(w["cpus_ran_on"])
+            timings["warmup_s"] = walls[: spec.warmup]
+            timings["repeat_s"] = walls[spec.warmup :]
+            timings["repeat"] = stats(timings["repeat_s"])
+
+            # Combine in row order: the result does not depend on which worker answered first.
+            kernel = make_kernel(spec.kernel, spec.accumulate, list(prep.search_path))
+            last_states.sort(key=lambda t: t[0])
+            state = combine_all(kernel, [s for _, s in last_states])
+            value = kernel.finalize(state)
+            nbytes = prep.data.nbytes
+            gbps = [nbytes / s / 1e9 for s in timings["repeat_s"] if s > 0]
+            report["bandwidth"] = {
+                "bytes_per_repeat": nbytes,
+                "gbps_per_repeat": gbps,
+                "gbps": {"median": statistics.median(gbps) if gbps else None, "max": max(gbps) if gbps else None},
+            }
+            t0 = time.perf_counter()
+            pool.close()
+            timings["teardown_s"] = time.perf_counter() - t0
+            pool = None
+            result: dict[str, Any] = {"kernel": spec.kernel, "accumulate": spec.accumulate, "value": value}
+            if spec.verify:
+                progress.phase("verifying against a single-process reference")
+                t0 = time.perf_counter()
+                arr = seg.array(prep.data.dtype, prep.data.shape)
+                try:
+                    check = verify(
+                        kernel,
+                        value,
+                        arr,
+                        accumulate=spec.accumulate,
+                        chunk_sizes=[(b - a) * prep.data.row_elements for w in prep.plan.workers for a, b in w.chunks],
+                        count=state_count(kernel, state),
+                    )
+                finally:
+                    del arr
+                timings["verify_s"] = time.perf_counter() - t0
+                result.update(check)
+                result["value"] = value
+            else:
+                result.update({"reference": None, "abs_error": None, "rel_error": None, "verified": None})
+            report["result"] = result
+            if spec.verify and not result["verified"]:
+                detail = result.get("detail") or ""
+                raise RunError(
+                    f"verification failed: {spec.kernel} = {value!r}, reference {result.get('reference')!r}, "
+                    f"abs error {result.get('abs_error')!r} > tolerance {result.get('tolerance')!r}"
+                    + (f" ({detail})" if detail else "")
+                )
+            report["status"] = "ok"
+    except RunInterrupted as exc:
+        report["status"] = "interrupted"
+        report["error"] = str(exc)
+        exit_code = exc.exit_code
+    except ShmhpcError as exc:
+        report["error"] = str(exc).replace("\n", "; ")
+        if isinstance(exc, SpecError):
+            report["errors"] = exc.messages
+        if getattr(exc, "detail", None):
+            report["error_detail"] = exc.detail
+        exit_code = exc.exit_code
+    except KeyboardInterrupt:
+        report["status"] = "interrupted"
+        report["error"] = "interrupted by SIGINT"
+        exit_code = 130
+    except Exception as exc:  # a bug of ours: still clean up and say what happened
+        import traceback
+
+        report["error"] = f"internal error: {type(exc).__name__}: {exc}"
+        report["error_detail"] = traceback.format_exc()
+        exit_code = 1
+    finally:
+        progress.close()
+        if pool is not None:
+            t0 = time.perf_counter()
+            pool.close()
+            timings["teardown_s"] = time.perf_counter() - t0
+        if seg is not None:
+            seg.close()
+            seg.unlink()
+        timings["total_s"] = time.perf_counter() - t_start
+        report["timings"] = timings
+        if "workers" in report:
+            for w in report["workers"]:
+                if isinstance(w.get("cpus_ran_on"), set):
+                    w["cpus_ran_on"] = sorted(w["cpus_ran_on"])
+        report["exit_code"] = exit_code
+        if write:
+            path = report_path_for(
+                spec,
+                report_path,
+                workers=len(prep.plan.workers) if prep else None,
+                policy=prep.plan.policy if prep else None,
+            )
+            report["report_path"] = str(path)
+            try:
+                write_report(report, path)
+            except OSError as exc:
+                report["warnings"].append(f"could not write report {path}: {exc.strerror}")
+                report["report_path"] = None
+    return report
+
+
+def _pages_by_partition(plan: Plan, loads: list[dict]) -> dict[str, Any]:
+    """Where the sampled pages of each partition live (from ``move_pages`` in the owning workers)."""
+    parts = []
+    for p in plan.partitions:
+        counts: dict[str, int] = {}
+        for r in p.ranks:
+            for k, v in (loads[r].get("pages") or {}).items():
+                counts[k] = counts.get(k, 0) + v
+        on_node = counts.get(str(p.node), 0) if p.node is not None else None
+        total = sum(counts.values())
+        parts.append(
+            {
+                "node": p.node,
+                "start": p.start,
+                "stop": p.stop,
+                "sampled_pages_by_node": counts,
+                "fraction_on_node": (on_node / total) if (on_node is not None and total) else None,
+            }
+        )
+    return {"method": "move_pages(2) on up to 1024 sampled pages per worker", "partitions": parts}
+
+
+def reference_sum(array: np.ndarray) -> float:  # pragma: no cover - convenience for benchmarks
+    return float(np.sum(array, dtype=np.float64))

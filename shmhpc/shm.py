@@ -1,0 +1,188 @@
+"""The shared array's lifecycle: one owner creates and unlinks; workers attach.
+
+We map files in the POSIX shared-memory directory (``/dev/shm`` on Linux)
+ourselves instead of using ``multiprocessing.shared_memory``: its resource
+tracker registers every *attach* and unlinks segments that other processes
+still use (python/cpython#82300; ``track=False`` only exists from 3.13). Here
+nobody but the launcher ever unlinks, on every Python version.
+
+Names are ``shmhpc-u<uid>-p<pid>-j<slurm job or 0>-<16 hex chars>``: the owner
+is recognisable (so a sweep of dead owners' leftovers is safe on a shared
+node), and the random part makes the name unguessable. Files are created with
+``O_EXCL`` and mode 0600, so no other user can open or pre-create them.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RunError
+
+__all__ = ["Segment", "default_shm_dir", "segment_name", "parse_segment_name", "PREFIX"]
+
+PREFIX = "shmhpc-"
+_NAME_RE = re.compile(r"^shmhpc-u(\d+)-p(\d+)-j(\d+)-([0-9a-f]{16})$")
+# Linux >= 5.14: fault in (allocate) a range of a shared mapping in one call, and
+# report failure as an error instead of a later SIGBUS (madvise(2)).
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+PAGE = mmap.PAGESIZE
+
+
+def default_shm_dir() -> str:
+    """Where segments live: ``$SHMHPC_SHM_DIR`` (tests, odd systems) or ``/dev/shm``."""
+    return os.environ.get("SHMHPC_SHM_DIR") or "/dev/shm"
+
+
+def segment_name(pid: int | None = None) -> str:
+    job = os.environ.get("SLURM_JOB_ID", "0")
+    if not job.isdigit():
+        job = "0"
+    return f"{PREFIX}u{os.getuid()}-p{pid or os.getpid()}-j{job}-{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class SegmentOwner:
+    uid: int
+    pid: int
+    slurm_job: int
+
+
+def parse_segment_name(name: str) -> SegmentOwner | None:
+    """The owner encoded in a segment name, or None if the name is not ours."""
+    m = _NAME_RE.match(name)
+    if not m:
+        return None
+    return SegmentOwner(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+class Segment:
+    """A shared-memory file mapped into this process.
+
+    Use ``Segment.create`` in the launcher (the only process that unlinks) and
+    ``Segment.attach`` in workers.
+    """
+
+    def __init__(self, name: str, path: str, size: int, fd: int, owner: bool):
+        self.name = name
+        self.path = path
+        self.size = size
+        self.owner = owner
+        self._fd = fd
+        self._map: mmap.mmap | None = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        os.close(fd)
+        self._fd = -1
+        self._unlinked = False
+
+    @classmethod
+    def create(cls, size_bytes: int, shm_dir: str | None = None) -> Segment:
+        """Create a new segment of ``size_bytes`` (mode 0600, exclusive)."""
+        if size_bytes <= 0:
+            raise ValueError("segment size must be positive")
+        d = shm_dir or default_shm_dir()
+        name = segment_name()
+        path = os.path.join(d, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RunError(f"cannot create shared segment in {d}: {exc.strerror}") from None
+        try:
+            # ftruncate reserves nothing on tmpfs: pages are allocated on first touch.
+            os.ftruncate(fd, size_bytes)
+            return cls(name, path, size_bytes, fd, owner=True)
+        except BaseException:
+            os.close(fd) if fd >= 0 else None
+            _unlink_quietly(path)
+            raise
+
+    @classmethod
+    def attach(cls, name: str, size_bytes: int, shm_dir: str | None = None) -> Segment:
+        """Map an existing segment by name (never unlinks it)."""
+        path = os.path.join(shm_dir or default_shm_dir(), name)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        actual = os.fstat(fd).st_size
+        if actual != size_bytes:
+            os.close(fd)
+            raise RunError(f"shared segment {name} is {actual} bytes, expected {size_bytes}")
+        return cls(name, path, size_bytes, fd, owner=False)
+
+    # -- views ---------------------------------------------------------------------
+    def array(self, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
+        """A NumPy view of the whole segment (drop every view before ``close``)."""
+        if self._map is None:
+            raise RunError(f"segment {self.name} is closed")
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape))
+        return np.frombuffer(self._map, dtype=dt, count=count).reshape(shape)
+
+    def populate(self, offset: int, length: int) -> bool:
+        """Fault in (allocate) the whole pages inside ``[offset, offset+length)``.
+
+        This is the first touch: done by the worker pinned where the data should
+        live, it puts the pages on that worker's NUMA node. Returns False when
+        the kernel lacks MADV_POPULATE_WRITE (the caller's writes then fault the
+        pages in one by one). Raises ``OSError`` (ENOMEM/EFAULT) when memory
+        runs out — instead of the SIGBUS a plain write would get.
+        """
+        if self._map is None:
+            raise RunError(f"segment {self.name} is closed")
+        start = -(-offset // PAGE) * PAGE
+        stop = ((offset + length) // PAGE) * PAGE
+        if stop <= start:
+            return True
+        try:
+            self._map.madvise(MADV_POPULATE_WRITE, start, stop - start)
+        except OSError as exc:
+            if exc.errno in (22, 38):  # EINVAL/ENOSYS: kernel older than 5.14
+                return False
+            raise
+        return True
+
+    def address(self) -> int:
+        """Virtual address of the mapping in this process (for page-location queries)."""
+        import ctypes
+
+        if self._map is None:
+            raise RunError(f"segment {self.name} is closed")
+        buf = (ctypes.c_char * 1).from_buffer(self._map)
+        addr = ctypes.addressof(buf)
+        del buf
+        return addr
+
+    # -- teardown ------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap. Fails with BufferError while NumPy views are alive; then leaves the map to process exit."""
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                return
+            self._map = None
+
+    def unlink(self) -> None:
+        """Remove the name (owner only); the memory is freed once every mapping is gone."""
+        if not self.owner:
+            raise RunError("only the launcher that created a segment unlinks it")
+        if not self._unlinked:
+            _unlink_quietly(self.path)
+            self._unlinked = True
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        if self.owner:
+            self.unlink()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

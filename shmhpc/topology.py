@@ -1,0 +1,379 @@
+"""What the machine looks like: CPUs, physical cores, SMT siblings, packages,
+NUMA nodes, caches and the CPUs this process may use.
+
+Everything is parsed from a sysfs root laid out like the kernel's
+``devices/system/cpu`` and ``devices/system/node``, so tests can point it at a
+fake tree. The default root is ``/sys`` (or ``$SHMHPC_SYSFS_ROOT``).
+
+Hardware facts handled here (see the Linux ABI docs,
+https://www.kernel.org/doc/Documentation/ABI/stable/sysfs-devices-system-cpu):
+
+* physical cores are keyed by ``(physical_package_id, core_id)``: ``core_id``
+  repeats across sockets;
+* SMT siblings may be numbered ``i`` and ``i+N`` (Intel) or adjacently (AMD);
+* CPU ids and NUMA node ids need not be contiguous, CPUs can be offline and a
+  node can have memory but no CPUs (CXL, HBM).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cpulist import format_cpulist, parse_cpulist
+from .errors import SpecError
+
+__all__ = ["Cache", "Cpu", "Node", "Topology", "default_sysfs_root", "read_topology"]
+
+DEFAULT_ROOT = "/sys"
+
+
+def default_sysfs_root() -> str:
+    """The sysfs root to read: ``$SHMHPC_SYSFS_ROOT`` or ``/sys``."""
+    return os.environ.get("SHMHPC_SYSFS_ROOT") or DEFAULT_ROOT
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """One logical CPU (hardware thread)."""
+
+    id: int
+    package: int
+    core_id: int
+    node: int
+    siblings: tuple[int, ...]  # all hardware threads of this physical core, this one included
+
+    @property
+    def core(self) -> tuple[int, int]:
+        """The physical core key ``(package, core_id)``."""
+        return (self.package, self.core_id)
+
+    @property
+    def smt_index(self) -> int:
+        """0 for the first hardware thread of its core, 1 for the next, …"""
+        return self.siblings.index(self.id)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One NUMA node; ``cpus`` may be empty (memory-only node)."""
+
+    id: int
+    cpus: tuple[int, ...]
+    mem_total_bytes: int | None
+    mem_free_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Cache:
+    level: int
+    type: str
+    size_bytes: int | None
+    shared_cpus: tuple[int, ...]
+
+
+@dataclass
+class Topology:
+    """A machine as shmhpc sees it.
+
+    ``usable`` is the set of CPUs this process may run workers on (affinity ∩
+    cgroup cpuset for the real machine, all online CPUs for a fake root, or an
+    explicit override); ``usable_source`` says which.
+    """
+
+    root: str
+    cpus: dict[int, Cpu]
+    nodes: dict[int, Node]
+    caches: list[Cache]
+    usable: tuple[int, ...]
+    usable_source: str
+    cpu_quota: float | None = None  # cgroup cpu.max quota in CPUs, when limited
+    notes: list[str] = field(default_factory=list)
+
+    # -- derived views ---------------------------------------------------------------
+    @property
+    def online(self) -> tuple[int, ...]:
+        return tuple(sorted(self.cpus))
+
+    def usable_cores(self) -> list[tuple[int, int]]:
+        """Physical cores that have at least one usable CPU, in (node, package, core) order."""
+        seen: dict[tuple[int, int], int] = {}
+        for c in sorted(self.usable, key=self._cpu_order_key):
+            seen.setdefault(self.cpus[c].core, self.cpus[c].node)
+        return list(seen)
+
+    def _cpu_order_key(self, cpu: int) -> tuple[int, int, int, int]:
+        c = self.cpus[cpu]
+        return (c.node, c.package, c.core_id, c.smt_index)
+
+    def node_of(self, cpu: int) -> int:
+        return self.cpus[cpu].node
+
+    def packages(self) -> list[int]:
+        return sorted({c.package for c in self.cpus.values()})
+
+    def llc_bytes(self) -> int | None:
+        """Total last-level cache, summed over distinct cache instances."""
+        if not self.caches:
+            return None
+        top = max(c.level for c in self.caches)
+        inst = {c.shared_cpus: c.size_bytes or 0 for c in self.caches if c.level == top and c.type != "Instruction"}
+        return sum(inst.values()) or None
+
+    def to_dict(self) -> dict:
+        """JSON-ready description (CPU lists as integer lists)."""
+        return {
+            "root": self.root,
+            "online": list(self.online),
+            "usable": list(self.usable),
+            "usable_source": self.usable_source,
+            "cpu_quota": self.cpu_quota,
+            "packages": self.packages(),
+            "physical_cores": len({c.core for c in self.cpus.values()}),
+            "usable_physical_cores": len(self.usable_cores()),
+            "nodes": [
+                {
+                    "id": n.id,
+                    "cpus": list(n.cpus),
+                    "mem_total_bytes": n.mem_total_bytes,
+                    "mem_free_bytes": n.mem_free_bytes,
+                }
+                for n in self.nodes.values()
+            ],
+            "cpus": [
+                {"id": c.id, "package": c.package, "core_id": c.core_id, "node": c.node, "siblings": list(c.siblings)}
+                for c in self.cpus.values()
+            ],
+            "caches": [
+                {"level": k.level, "type": k.type, "size_bytes": k.size_bytes, "shared_cpus": list(k.shared_cpus)}
+                for k in self.caches
+            ],
+            "llc_bytes": self.llc_bytes(),
+            "notes": list(self.notes),
+        }
+
+
+# -- reading -------------------------------------------------------------------------
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):  # absent, unreadable, or not a text file
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read(path)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+_SIZE_RE = re.compile(r"^(\d+)\s*([KMG]?)$", re.IGNORECASE)
+
+
+def _parse_size(text: str | None) -> int | None:
+    if not text:
+        return None
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        return None
+    mult = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
+    return int(m.group(1)) * mult
+
+
+def _read_cpulist(path: Path) -> list[int] | None:
+    """A CPU-list file, ``None`` when absent; a malformed one is a ``SpecError`` naming the file."""
+    text = _read(path)
+    if text is None:
+        return None
+    try:
+        return parse_cpulist(text)
+    except ValueError as e:
+        raise SpecError(f"sysfs: {path}: {e}") from None
+
+
+def _meminfo(path: Path) -> tuple[int | None, int | None]:
+    text = _read(path)
+    if text is None:
+        return None, None
+    total = free = None
+    for line in text.splitlines():
+        # "Node 0 MemTotal:       32768 kB"
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] in ("MemTotal:", "MemFree:") and parts[3].isdigit():
+            val = int(parts[3]) * (1024 if parts[-1] == "kB" else 1)
+            if parts[2] == "MemTotal:":
+                total = val
+            else:
+                free = val
+    return total, free
+
+
+def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list[int] | None = None) -> Topology:
+    """Read the machine under ``root`` (default: ``default_sysfs_root()``).
+
+    Parameters
+    ----------
+    root:
+        A sysfs root. For the real ``/sys`` the usable CPUs are this process's
+        affinity ∩ the cgroup cpuset; for any other root, all online CPUs.
+    allowed_cpus:
+        Overrides the usable set (to plan for another machine or allocation).
+        Every id must be an online CPU of the tree.
+    """
+    root_s = str(root) if root is not None else default_sysfs_root()
+    base = Path(root_s)
+    cpu_dir = base / "devices" / "system" / "cpu"
+    node_dir = base / "devices" / "system" / "node"
+    online_list = _read_cpulist(cpu_dir / "online")
+    notes: list[str] = []
+    if online_list is None:
+        if not cpu_dir.is_dir():
+            raise SpecError(f"sysfs root: {root_s!r} has no devices/system/cpu; expected a sysfs tree like /sys")
+        online = sorted(int(m.group(1)) for p in cpu_dir.iterdir() if (m := re.fullmatch(r"cpu(\d+)", p.name)))
+        notes.append("cpu/online missing: assumed every cpuN directory is online")
+    else:
+        online = online_list
+    if not online:
+        raise SpecError(f"sysfs root: {root_s!r} lists no online CPUs")
+    online_set = set(online)
+
+    # NUMA nodes (ids need not be contiguous; a node may have no CPUs).
+    node_cpus: dict[int, list[int]] = {}
+    node_mem: dict[int, tuple[int | None, int | None]] = {}
+    if node_dir.is_dir():
+        for p in sorted(node_dir.iterdir(), key=lambda p: p.name):
+            m = re.fullmatch(r"node(\d+)", p.name)
+            if not m:
+                continue
+            nid = int(m.group(1))
+            # Offline CPUs are dropped here as everywhere else.
+            node_cpus[nid] = [c for c in _read_cpulist(p / "cpulist") or [] if c in online_set]
+            node_mem[nid] = _meminfo(p / "meminfo")
+    if not node_cpus:
+        node_cpus = {0: list(online)}
+        node_mem = {0: (None, None)}
+        notes.append("no NUMA information under devices/system/node: one node assumed")
+    cpu_node = {c: nid for nid, cs in node_cpus.items() for c in cs}
+    for c in online:
+        if c not in cpu_node:
+            # A CPU that no node claims: attach it to the lowest node with CPUs.
+            fallback = min((n for n, cs in node_cpus.items() if cs), default=min(node_cpus))
+            cpu_node[c] = fallback
+            node_cpus[fallback].append(c)
+            notes.append(f"cpu {c} is in no node's cpulist: counted on node {fallback}")
+
+    cpus: dict[int, Cpu] = {}
+    caches: dict[tuple[int, str, tuple[int, ...]], Cache] = {}
+    for c in online:
+        t = cpu_dir / f"cpu{c}" / "topology"
+        package = _read_int(t / "physical_package_id")
+        core_id = _read_int(t / "core_id")
+        if package is None or package < 0:
+            package = 0
+        if core_id is None:
+            core_id = c  # no topology: every CPU its own core
+        # Provisional; the siblings are rebuilt from (package, core_id) below.
+        cpus[c] = Cpu(id=c, package=package, core_id=core_id, node=cpu_node[c], siblings=(c,))
+        cdir = cpu_dir / f"cpu{c}" / "cache"
+        if cdir.is_dir():
+            for idx in sorted(cdir.glob("index*")):
+                level = _read_int(idx / "level")
+                if level is None:
+                    continue
+                ctype = _read(idx / "type") or "Unified"
+                # Keep online CPUs only: a fake (or racing) tree may still list offline ones.
+                listed = _read_cpulist(idx / "shared_cpu_list") or [c]
+                shared = tuple(s for s in listed if s in online_set) or (c,)
+                key = (level, ctype, shared)
+                if key not in caches:
+                    caches[key] = Cache(level, ctype, _parse_size(_read(idx / "size")), shared)
+
+    # SMT siblings are the online CPUs sharing (package, core_id): core_id alone
+    # repeats across sockets (loky#639), and siblings may be i and i+N (Intel) or
+    # adjacent (AMD). Without topology files every CPU is its own core.
+    by_core: dict[tuple[int, int], list[int]] = {}
+    for cpu in cpus.values():
+        by_core.setdefault(cpu.core, []).append(cpu.id)
+    for members in by_core.values():
+        for member in members:
+            cpu = cpus[member]
+            cpus[member] = Cpu(cpu.id, cpu.package, cpu.core_id, cpu.node, tuple(sorted(members)))
+
+    nodes = {
+        nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1])
+        for nid in sorted(node_cpus)
+    }
+
+    is_real = os.path.realpath(root_s) == os.path.realpath(DEFAULT_ROOT)
+    quota = None
+    if allowed_cpus is not None:
+        bad = [c for c in allowed_cpus if isinstance(c, bool) or c not in online_set]
+        if bad:
+            shown = ",".join(str(c) for c in dict.fromkeys(bad))
+            raise SpecError(
+                f"--allowed-cpus: CPU {shown} is not online in {root_s}; online CPUs: {format_cpulist(online)}"
+            )
+        usable = sorted({int(c) for c in allowed_cpus})
+        source = "override"
+    elif is_real:
+        usable, source, quota, more = _usable_here(online)
+        notes.extend(more)
+    else:
+        usable = list(online)
+        source = "all online CPUs of the sysfs root"
+    if not usable:
+        raise SpecError(f"usable CPUs: none (online {format_cpulist(online)}, source: {source})")
+    cache_list = sorted(caches.values(), key=lambda k: (k.level, k.shared_cpus, k.type))
+    return Topology(root_s, cpus, nodes, cache_list, tuple(usable), source, quota, notes)
+
+
+# -- the CPUs this process may use (cgroups, affinity, Slurm) -------------------------
+
+def _cgroup_dir() -> Path | None:
+    """This process's cgroup v2 directory, from /proc/self/cgroup (joblib/loky#634)."""
+    text = _read(Path("/proc/self/cgroup"))
+    if not text:
+        return None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[0] == "0":
+            return Path("/sys/fs/cgroup") / parts[2].lstrip("/")
+    return None
+
+
+def _usable_here(online: list[int]) -> tuple[list[int], str, float | None, list[str]]:
+    notes: list[str] = []
+    usable = set(online)
+    sources = []
+    if hasattr(os, "sched_getaffinity"):
+        aff = os.sched_getaffinity(0)
+        usable &= aff
+        sources.append("affinity")
+    quota = None
+    cg = _cgroup_dir()
+    if cg is not None:
+        eff = _read(cg / "cpuset.cpus.effective")
+        if eff:
+            usable &= set(parse_cpulist(eff))
+            sources.append("cgroup cpuset")
+        # cpu.max bounds how many CPUs can run at once, whatever the cpuset says.
+        cmax = _read(cg / "cpu.max")
+        if cmax and not cmax.startswith("max"):
+            try:
+                q, period = cmax.split()
+                quota = int(q) / int(period)
+                notes.append(f"cgroup cpu.max limits this job to {quota:g} CPUs at a time")
+            except ValueError:
+                pass
+    if os.environ.get("SLURM_JOB_ID"):
+        notes.append(
+            "inside Slurm job " + os.environ["SLURM_JOB_ID"] + ": the allocation is the affinity/cgroup set above"
+        )
+    return sorted(usable), " ∩ ".join(sources) or "online", quota, notes
