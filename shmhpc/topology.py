@@ -270,6 +270,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
             notes.append(f"cpu {c} is in no node's cpulist: counted on node {fallback}")
 
     cpus: dict[int, Cpu] = {}
+    no_core_id: list[int] = []
     caches: dict[tuple[int, str, tuple[int, ...]], Cache] = {}
     for c in online:
         t = cpu_dir / f"cpu{c}" / "topology"
@@ -278,7 +279,8 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
         if package is None or package < 0:
             package = 0
         if core_id is None:
-            core_id = c  # no topology: every CPU its own core
+            no_core_id.append(c)
+            core_id = -1  # replaced below
         # Provisional; the siblings are rebuilt from (package, core_id) below.
         cpus[c] = Cpu(id=c, package=package, core_id=core_id, node=cpu_node[c], siblings=(c,))
         cdir = cpu_dir / f"cpu{c}" / "cache"
@@ -294,6 +296,16 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
                 key = (level, ctype, shared)
                 if key not in caches:
                     caches[key] = Cache(level, ctype, _parse_size(_read(idx / "size")), shared)
+
+    # No core_id (no topology files): every such CPU is its own core. Its id is the CPU
+    # id, shifted past the package's real core_ids so it cannot join another core.
+    if no_core_id:
+        top: dict[int, int] = {}
+        for cpu in cpus.values():
+            top[cpu.package] = max(top.get(cpu.package, -1), cpu.core_id)  # missing ones hold -1
+        for c in no_core_id:
+            cpu = cpus[c]
+            cpus[c] = Cpu(c, cpu.package, top[cpu.package] + 1 + c, cpu.node, (c,))
 
     # SMT siblings are the online CPUs sharing (package, core_id): core_id alone
     # repeats across sockets (loky#639), and siblings may be i and i+N (Intel) or
