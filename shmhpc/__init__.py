@@ -10,6 +10,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import RunError, ShmhpcError, SpecError
+from .placement import plan_job
+from .report import load_report
+from .runner import run_job
 from .spec import JobSpec, load_spec
 from .topology import Topology, read_topology
 
@@ -20,6 +23,9 @@ __all__ = [
     "SpecError",
     "Topology",
     "__version__",
+    "load_report",
     "load_spec",
+    "plan_job",
     "read_topology",
+    "run_job",
 ]

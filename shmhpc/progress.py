@@ -1,13 +1,16 @@
-"""Progress for long runs: a live bar on a terminal (tqdm), plain lines in batch logs.
+"""Progress for long runs: a live status line on a terminal, plain lines in batch logs.
 
-Progress goes to stderr so stdout stays for results.
+Progress goes to stderr so stdout stays for results. On a terminal the line
+``repeats [####      ] 4/10  repeat 3/9: 4.21 ms`` is redrawn in place (``\r`` and
+erase-to-end-of-line); without one (a Slurm batch log) every event is one
+timestamped line, so logs stay greppable.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from typing import IO
 
 __all__ = ["Progress", "NullProgress", "make_progress"]
 
@@ -30,16 +33,16 @@ class Progress(NullProgress):
     def __init__(self, stream: IO[str] | None = None, tty: bool | None = None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
-        self._bar: Any = None
+        self._live = False
         self._total = 0
         self._warmup = 0
         self._t0 = time.perf_counter()
 
     def _line(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
+        if self._live:  # keep the live line below the message
+            self.stream.write("\r\x1b[K")
+        print(text, file=self.stream, flush=True)
+        self._live = False
 
     def phase(self, text: str) -> None:
         if self.tty:
@@ -53,24 +56,30 @@ class Progress(NullProgress):
     def start_rounds(self, total: int, warmup: int) -> None:
         self._total, self._warmup = total, warmup
         if self.tty:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc="repeats", unit="round", file=self.stream, leave=False)
+            self._draw(0, "")
 
     def round_done(self, index: int, seconds: float) -> None:
         kind = "warmup" if index < self._warmup else "repeat"
         i = index + 1 if index < self._warmup else index - self._warmup + 1
         n = self._warmup if index < self._warmup else self._total - self._warmup
-        if self._bar is not None:
-            self._bar.set_postfix_str(f"{kind} {i}/{n}: {seconds * 1e3:.2f} ms")
-            self._bar.update(1)
+        if self.tty:
+            self._draw(index + 1, f"{kind} {i}/{n}: {seconds * 1e3:.2f} ms")
         else:
             self._line(f"[shmhpc {time.perf_counter() - self._t0:7.2f}s] {kind} {i}/{n}: {seconds * 1e3:.3f} ms")
 
+    def _draw(self, done: int, status: str) -> None:
+        width = 20
+        filled = width * done // max(1, self._total)
+        bar = "#" * filled + " " * (width - filled)
+        self.stream.write(f"\rrepeats [{bar}] {done}/{self._total}  {status}\x1b[K")
+        self.stream.flush()
+        self._live = True
+
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self._live:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._live = False
 
 
 def make_progress(quiet: bool = False, stream: IO[str] | None = None) -> NullProgress:

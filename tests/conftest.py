@@ -1,0 +1,61 @@
+"""Shared test helpers: run the CLI as a user would, and make sure nothing is left in /dev/shm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS = ROOT / "jobs"
+SHM = Path("/dev/shm")
+
+
+def our_segments() -> set[str]:
+    return {p.name for p in SHM.iterdir() if p.name.startswith("shmhpc-")} if SHM.is_dir() else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_segment_left_after_suite():
+    before = our_segments()
+    yield
+    leaked = our_segments() - before
+    assert not leaked, f"the test suite left shared-memory segments behind: {sorted(leaked)}"
+
+
+@pytest.fixture
+def no_leak():
+    """Fail the test if it leaves a segment of ours in /dev/shm."""
+    before = our_segments()
+    yield
+    leaked = our_segments() - before
+    assert not leaked, f"segments left behind: {sorted(leaked)}"
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 120):
+    """``python -m shmhpc ARGS`` in a subprocess; returns CompletedProcess (text)."""
+    full_env = dict(os.environ)
+    full_env.pop("SHMHPC_SYSFS_ROOT", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "shmhpc", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,357 @@
+"""End-to-end runs through the CLI, as a user runs them: real processes, real /dev/shm, real pinning."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import JOBS, ROOT, load_json, our_segments, run_cli, write_spec
+
+USABLE = sorted(os.sched_getaffinity(0))
+TWO = len(USABLE) >= 2
+
+BAD_KERNELS = '''
+import os, signal, time
+import numpy as np
+
+def boom(chunk):
+    if chunk.size and chunk.reshape(-1)[0] != 12345:  # every chunk
+        raise ValueError("boom from the kernel")
+    return 0.0
+
+def die(chunk):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def sleepy(chunk):
+    time.sleep(30)
+    return 0.0
+
+def slow(chunk):
+    time.sleep(0.2)
+    return float(np.sum(chunk, dtype=np.float64))
+
+def inconsistent(chunk):
+    # Not a map-reduce: the sum of squared chunk sizes differs from the whole array's.
+    return float(chunk.size) ** 2
+'''
+
+
+def small_spec(tmp_path: Path, name: str = "t", **fields) -> Path:
+    body = {
+        "name": name,
+        "data": "{source: generate, size: 300000, dtype: float32, seed: 3}",
+        "workers": 2 if TWO else 1,
+        "repeats": 3,
+        "warmup": 1,
+        "start_method": "forkserver",
+        "report": f"{tmp_path}/reports/{{name}}.json",
+    }
+    body.update(fields)
+    text = "\n".join(f"{k}: {v}" for k, v in body.items()) + "\n"
+    (tmp_path / "bad_kernels.py").write_text(BAD_KERNELS)
+    return write_spec(tmp_path / f"{name}.yaml", text)
+
+
+def run_ok(spec: Path, *extra: str) -> dict:
+    out = run_cli("run", str(spec), *extra, cwd=spec.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    rep = load_json(spec.parent / "reports" / f"{spec.stem}.json")
+    assert rep["status"] == "ok"
+    return rep
+
+
+# -- the examples in jobs/ --------------------------------------------------------------
+
+EXAMPLES = sorted(JOBS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("job", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_job_runs(job, tmp_path, no_leak):
+    """Each file in jobs/ runs here (smaller data, same everything else) and verifies."""
+    from shmhpc.spec import load_spec
+
+    spec = load_spec(job)
+    shrink = ["data.shape=[4000, 50]"] if spec.data.shape else ["data.size=400000"]
+    out = run_cli("run", str(job), "--set", shrink[0], "--set", "repeats=2", "--report", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = load_json(tmp_path / "r.json")
+    assert rep["status"] == "ok" and rep["result"]["verified"] is True
+    assert len(rep["timings"]["repeat_s"]) == 2
+    assert f"{spec.name}: ok" in out.stdout
+
+
+def test_seed_job_report_is_complete(tmp_path, no_leak):
+    """The default job: every report section the docs promise, with real values."""
+    out = run_cli("run", str(JOBS / "sum-pinned.yaml"), "--report", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = load_json(tmp_path / "r.json")
+    assert rep["version"] == 1 and rep["status"] == "ok" and rep["error"] is None
+    assert rep["job"]["name"] == "sum-pinned" and rep["job"]["data"]["size"] == 20_000_000
+    host = rep["host"]
+    for key in ("hostname", "cpu_model", "kernel", "python", "numpy", "shmhpc", "env"):
+        assert key in host
+    assert rep["topology"]["usable"] == USABLE
+    assert rep["data"]["nbytes"] == 80_000_000
+    ranks = [w["rank"] for w in rep["workers"]]
+    assert ranks == list(range(len(ranks)))
+    for w in rep["workers"]:
+        assert w["pid"] > 0 and w["pid"] != os.getpid()
+        assert w["cpus_observed"] == w["cpus_requested"], "a pinned worker must run where it was asked to"
+        assert set(w["cpus_ran_on"]) <= set(w["cpus_requested"])
+        assert w["threads"]["env"]["OMP_NUM_THREADS"] == "1"
+        assert isinstance(w["threads"]["threadpool_info"], list)
+        assert len(w["repeat_s"]) == 5 and all(s > 0 for s in w["repeat_s"])
+        assert [len(c) for c in w["chunk_s"]] == [len(w["chunks"])] * 5
+    # chunks tile the array exactly once
+    bounds = sorted(tuple(c) for w in rep["workers"] for c in w["chunks"])
+    assert bounds[0][0] == 0 and bounds[-1][1] == 20_000_000
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    t = rep["timings"]
+    for key in ("pool_start_s", "load_s", "teardown_s", "verify_s", "total_s"):
+        assert t[key] > 0
+    assert len(t["repeat_s"]) == 5 and len(t["warmup_s"]) == 1
+    assert t["repeat"]["median"] == sorted(t["repeat_s"])[2]
+    bw = rep["bandwidth"]
+    assert bw["bytes_per_repeat"] == 80_000_000
+    assert bw["gbps_per_repeat"] == pytest.approx([80_000_000 / s / 1e9 for s in t["repeat_s"]])
+    res = rep["result"]
+    assert res["kernel"] == "sum" and res["verified"] is True and res["count_ok"] is True
+    assert abs(res["value"] - res["reference"]) == pytest.approx(res["abs_error"], abs=1e-12)
+    assert res["abs_error"] <= res["tolerance"]
+    # page placement was actually queried in the workers
+    parts = rep["pages"]["partitions"]
+    assert parts and all(sum(p["sampled_pages_by_node"].values()) > 0 for p in parts)
+    # human summary
+    assert "sum-pinned: ok" in out.stdout and "verified" in out.stdout and "GB/s" in out.stdout
+
+
+def test_unpinned_workers_may_run_anywhere(tmp_path, no_leak):
+    rep = run_ok(small_spec(tmp_path, pinning="none"))
+    assert rep["plan"]["pinned"] is False
+    for w in rep["workers"]:
+        assert w["cpus_observed"] == USABLE
+
+
+@pytest.mark.skipif(not TWO, reason="needs 2 usable CPUs")
+def test_explicit_pinning_is_observed_inside_workers(tmp_path, no_leak):
+    a, b = USABLE[0], USABLE[1]
+    rep = run_ok(small_spec(tmp_path, pinning=f"[[{b}], [{a}]]"))
+    assert [w["cpus_observed"] for w in rep["workers"]] == [[b], [a]]
+    assert [w["cpus_ran_on"] for w in rep["workers"]] == [[b], [a]]
+
+
+def test_allowed_cpus_narrows_the_plan(tmp_path, no_leak):
+    cpu = USABLE[-1]
+    rep = run_ok(small_spec(tmp_path, workers=1), "--allowed-cpus", str(cpu))
+    assert rep["workers"][0]["cpus_observed"] == [cpu]
+    assert rep["topology"]["usable"] == [cpu] and rep["topology"]["usable_source"] == "override"
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_every_start_method(method, tmp_path, no_leak):
+    rep = run_ok(small_spec(tmp_path, start_method=method, kernel="var"))
+    assert rep["job"]["start_method"] == method
+    assert rep["result"]["verified"] is True
+
+
+def test_generated_data_does_not_depend_on_worker_count(tmp_path, no_leak):
+    refs = {}
+    for n in (1, 2, 3):
+        (tmp_path / str(n)).mkdir()
+        spec = small_spec(tmp_path / str(n), workers=n, oversubscribe="true", kernel="max", chunks_per_worker=3)
+        rep = run_ok(spec)
+        refs[n] = (rep["result"]["value"], rep["result"]["reference"])
+    assert refs[1] == refs[2] == refs[3]
+
+
+def test_two_d_array_is_split_by_rows(tmp_path, no_leak):
+    rep = run_ok(small_spec(tmp_path, data="{shape: [1001, 37], dtype: float64, distribution: uniform}", kernel="std"))
+    rows = sorted(tuple(w["rows"]) for w in rep["workers"])
+    assert rows[0][0] == 0 and rows[-1][1] == 1001
+    assert rep["data"]["shape"] == [1001, 37]
+    assert 0.28 < rep["result"]["value"] < 0.30  # std of U[0,1) is 0.2887
+
+
+@pytest.mark.parametrize("kernel", ["sum", "mean", "min", "max", "var", "std", "norm2"])
+def test_builtin_kernels_on_an_npy_file(kernel, tmp_path, no_leak):
+    rng = np.random.default_rng(5)
+    arr = (rng.standard_normal(123_457) * 3 + 1).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    rep = run_ok(small_spec(tmp_path, data="{source: npy, path: x.npy}", kernel=kernel, accumulate="native"))
+    a64 = arr.astype(np.float64)
+    expected = {
+        "sum": math.fsum(a64),
+        "mean": math.fsum(a64) / a64.size,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "var": float(np.var(a64)),
+        "std": float(np.std(a64)),
+        "norm2": math.sqrt(math.fsum(a64 * a64)),
+    }[kernel]
+    assert rep["result"]["reference"] == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    assert rep["result"]["value"] == pytest.approx(expected, rel=1e-4)
+    assert rep["data"]["source"] == "npy"
+
+
+def test_raw_file_with_offset(tmp_path, no_leak):
+    arr = np.arange(50_000, dtype=np.int64)
+    (tmp_path / "x.raw").write_bytes(b"HEADER!!" + arr.tobytes())
+    rep = run_ok(small_spec(tmp_path, data="{source: raw, path: x.raw, dtype: int64, size: 50000, offset_bytes: 8}"))
+    assert rep["result"]["value"] == 50_000 * 49_999 // 2
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ("{source: npy, path: missing.npy}", "data.path: 'missing.npy' does not exist"),
+        ("{source: npy, path: notnpy.npy}", "is not a readable .npy file"),
+        ("{source: npy, path: x.npy, dtype: float64}", "data.dtype: spec says float64 but"),
+        ("{source: npy, path: trunc.npy}", "is truncated"),
+        ("{source: raw, path: x.npy, dtype: float32, size: 99999999}", "needs"),
+    ],
+)
+def test_bad_data_files_fail_before_workers_start(data, needle, tmp_path, no_leak):
+    np.save(tmp_path / "x.npy", np.ones(1000, np.float32))
+    (tmp_path / "notnpy.npy").write_text("hello, not numpy")
+    (tmp_path / "trunc.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:500])
+    out = run_cli("run", str(small_spec(tmp_path, data=data)), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "failed" and "workers" not in rep
+
+
+def test_worker_exception_fails_fast_with_the_cause(tmp_path, no_leak):
+    t0 = time.monotonic()
+    out = run_cli("run", str(small_spec(tmp_path, kernel="bad_kernels:boom")), cwd=tmp_path)
+    assert time.monotonic() - t0 < 30
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "failed during repeat 0, chunk rows" in out.stderr and "ValueError: boom from the kernel" in out.stderr
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "failed" and "boom from the kernel" in rep["error"]
+    assert "Traceback" in rep["error_detail"]  # the worker's traceback is kept in the report
+
+
+def test_worker_killed_by_a_signal_is_named(tmp_path, no_leak):
+    out = run_cli("run", str(small_spec(tmp_path, kernel="bad_kernels:die")), cwd=tmp_path)
+    assert out.returncode == 1
+    assert "was killed by SIGKILL" in out.stderr
+    assert load_json(tmp_path / "reports" / "t.json")["status"] == "failed"
+
+
+def test_hung_worker_hits_timeout(tmp_path, no_leak):
+    t0 = time.monotonic()
+    out = run_cli("run", str(small_spec(tmp_path, kernel="bad_kernels:sleepy", timeout_s=1.5)), cwd=tmp_path)
+    assert time.monotonic() - t0 < 20
+    assert out.returncode == 1
+    assert "did not answer within timeout_s=1.5" in out.stderr
+
+
+def test_failed_verification_exits_1_and_reports(tmp_path, no_leak):
+    out = run_cli("run", str(small_spec(tmp_path, kernel="bad_kernels:inconsistent")), cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "verification failed" in out.stderr
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "failed" and rep["result"]["verified"] is False
+
+
+def test_bad_kernel_path_is_bad_input(tmp_path, no_leak):
+    out = run_cli("run", str(small_spec(tmp_path, kernel="no_such_module:f")), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "error: kernel:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sigterm_stops_between_repeats(tmp_path, no_leak):
+    spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=200, chunks_per_worker=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmhpc", "run", str(spec)], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not our_segments():
+            time.sleep(0.05)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "interrupted" and "SIGTERM" in rep["error"]
+
+
+def test_progress_plain_lines_without_a_tty(tmp_path, no_leak):
+    out = run_cli("run", str(small_spec(tmp_path)), cwd=tmp_path)
+    assert out.returncode == 0
+    for needle in ("pool start:", "load:", "warmup 1/1", "repeat 1/3", "repeat 3/3"):
+        assert needle in out.stderr
+    assert "\r" not in out.stderr
+    quiet = run_cli("run", str(small_spec(tmp_path)), "-q", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_progress_bar_on_a_tty(tmp_path, no_leak):
+    pty = pytest.importorskip("pty")
+    spec = small_spec(tmp_path)
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="100")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmhpc", "run", str(spec)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "\rrepeats [" in text and "repeat 3/3" in text  # the live status line
+
+
+def test_no_resource_tracker_noise(tmp_path, no_leak):
+    out = run_cli("run", str(small_spec(tmp_path)), "-q", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "resource_tracker" not in out.stderr and "leaked" not in out.stderr
+
+
+def test_python_api(tmp_path, no_leak):
+    """The few names a user imports run a job without the CLI."""
+    import shmhpc
+
+    spec = shmhpc.load_spec(small_spec(tmp_path), ["kernel=mean"])
+    rep = shmhpc.run_job(spec, shmhpc.read_topology(), write=False)
+    assert rep["status"] == "ok" and rep["result"]["verified"] is True
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "shmhpc"
+    if not exe.exists():
+        pytest.skip("shmhpc console script not installed next to this interpreter (not a pip install)")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("shmhpc ")
+
+
+def test_readme_quick_start_commands_are_the_ci_commands():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m shmhpc run jobs/sum-pinned.yaml" in readme
+    assert "python -m pytest" in readme and "python -m pytest" in ci

@@ -1,0 +1,87 @@
+"""The shared segment: creation mode, names, attach without ownership, clean unlink."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shmhpc.errors import RunError
+from shmhpc.shm import Segment, parse_segment_name
+
+
+def test_create_is_private_and_named_after_owner(no_leak):
+    seg = Segment.create(1 << 16)
+    try:
+        st = os.stat(seg.path)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        owner = parse_segment_name(seg.name)
+        assert owner is not None and owner.pid == os.getpid() and owner.uid == os.getuid()
+        assert st.st_size == 1 << 16
+    finally:
+        seg.close()
+        seg.unlink()
+    assert not os.path.exists(seg.path)
+
+
+def test_names_are_unguessable(no_leak):
+    names = set()
+    for _ in range(20):
+        with Segment.create(4096) as seg:
+            names.add(seg.name)
+    assert len(names) == 20
+
+
+def test_parse_rejects_foreign_names():
+    assert parse_segment_name("psm_1234") is None
+    assert parse_segment_name("shmhpc-u0-p1-j0-xyz") is None
+
+
+def test_attach_sees_writes_and_cannot_unlink(no_leak):
+    with Segment.create(8 * 1000) as seg:
+        a = seg.array("float64", (1000,))
+        a[:] = np.arange(1000)
+        other = Segment.attach(seg.name, 8 * 1000)
+        b = other.array("float64", (1000,))
+        assert b.sum() == a.sum()
+        with pytest.raises(RunError):
+            other.unlink()
+        del a, b
+        other.close()
+
+
+def test_attach_checks_size(no_leak):
+    with Segment.create(4096) as seg, pytest.raises(RunError, match="expected 8192"):
+        Segment.attach(seg.name, 8192)
+
+
+def test_populate_faults_pages_in(no_leak):
+    from shmhpc.numa import available, page_nodes
+
+    with Segment.create(1 << 22) as seg:
+        if not available():
+            pytest.skip("move_pages not available on this platform")
+        before = page_nodes(seg.address(), 1 << 22, 256)
+        assert before == {"absent": 256}
+        assert seg.populate(0, 1 << 21) in (True, False)
+        after = page_nodes(seg.address(), 1 << 22, 256)
+        assert after is not None and after.get("absent", 0) <= 128
+
+
+def test_attach_in_child_leaves_no_tracker_warning(no_leak):
+    """A child that attaches and exits must neither unlink the segment nor warn about leaks."""
+    with Segment.create(4096) as seg:
+        code = (
+            "from shmhpc.shm import Segment\n"
+            f"s = Segment.attach({seg.name!r}, 4096)\n"
+            "a = s.array('uint8', (4096,)); a[:] = 7; del a; s.close()\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr == ""
+        assert os.path.exists(seg.path)
+        assert (seg.array("uint8", (4096,)) == 7).all()
