@@ -353,5 +353,8 @@ def test_console_script_is_installed():
 def test_readme_quick_start_commands_are_the_ci_commands():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "python -m shmhpc run jobs/sum-pinned.yaml" in readme
-    assert "python -m pytest" in readme and "python -m pytest" in ci
+    quick = readme.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(quick) == 2, "the quick start is exactly two commands"
+    assert quick[0].endswith("python -m shmhpc run jobs/sum-pinned.yaml")
+    assert quick[1].endswith("python -m pytest")
+    assert quick[1] in ci.splitlines(), ".ci/run must call the README's test command verbatim"
