@@ -32,7 +32,7 @@ from .cpulist import format_cpulist, parse_cpulist
 from .errors import SpecError
 from .topology import Topology
 
-__all__ = ["WorkerPlan", "Partition", "Plan", "plan_job", "resolve_cpus", "expand_likwid", "split_rows"]
+__all__ = ["Partition", "Plan", "WorkerPlan", "expand_likwid", "plan_job", "resolve_cpus", "split_rows"]
 
 PAGE = 4096
 
@@ -132,12 +132,25 @@ class Plan:
 
 def _physical_first(topo: Topology, cpus: list[int]) -> list[int]:
     """Logical order: first thread of every core (node, package, core order), then second threads, …"""
-    return sorted(cpus, key=lambda c: (topo.cpus[c].smt_index,) + _place_key(topo, c))
+    rank = _smt_rank(topo, cpus)
+    return sorted(cpus, key=lambda c: (rank[c], *_place_key(topo, c)))
 
 
 def _core_major(topo: Topology, cpus: list[int]) -> list[int]:
     """Core by core, SMT siblings adjacent."""
-    return sorted(cpus, key=lambda c: _place_key(topo, c) + (topo.cpus[c].smt_index,))
+    rank = _smt_rank(topo, cpus)
+    return sorted(cpus, key=lambda c: (*_place_key(topo, c), rank[c]))
+
+
+def _smt_rank(topo: Topology, cpus: list[int]) -> dict[int, int]:
+    """Each CPU's index among the *given* CPUs of its core (0 = the core's first one here).
+
+    Not ``Cpu.smt_index``: when the allowed set holds only the second hardware thread of
+    a core (a cpuset of ``8`` on a machine whose siblings are 0 and 8), that thread is the
+    core's first usable one and must come with the other physical cores, not after them.
+    """
+    chosen = set(cpus)
+    return {c: [s for s in topo.cpus[c].siblings if s in chosen].index(c) for c in chosen}
 
 
 def _place_key(topo: Topology, c: int) -> tuple[int, int, int]:
@@ -171,7 +184,9 @@ def _domain_cpus(topo: Topology, dom: str, where: str) -> list[int]:
             top = max((k.level for k in topo.caches), default=0)
             groups = sorted({k.shared_cpus for k in topo.caches if k.level == top and k.type != "Instruction"})
             if idx >= len(groups):
-                raise SpecError(f"{where}: cache group C{idx} does not exist; there are {len(groups)} (C0-C{len(groups) - 1})")
+                raise SpecError(
+                    f"{where}: cache group C{idx} does not exist; there are {len(groups)} (C0-C{len(groups) - 1})"
+                )
             cpus = [c for c in usable if c in set(groups[idx])]
     if not cpus:
         raise SpecError(f"{where}: domain {dom} has no usable CPUs (usable: {format_cpulist(topo.usable)})")
@@ -239,8 +254,9 @@ def _expand_e(fields: list[str], topo: Topology, where: str, part: str) -> list[
     picked: list[int] = []
     start = 0
     while len(picked) < count:
-        block = dom[start : start + chunk]
-        if len(block) < chunk or start >= len(dom):
+        # The last block may be short when it only has to supply the remainder.
+        block = dom[start : start + min(chunk, count - len(picked))]
+        if len(block) < min(chunk, count - len(picked)):
             raise SpecError(
                 f"{where}: {part!r} asks for {count} CPUs but {fields[1]} runs out after {len(picked)} "
                 f"({len(dom)} usable CPUs)"
@@ -329,37 +345,34 @@ def resolve_cpus(
         if pinning == "none":
             return [tuple(usable)] * n, False, "none", warnings
         if pinning == "compact":
-            if need <= len(cores):
-                first_threads = [min((c for c in usable if topo.cpus[c].core == core), key=lambda c: topo.cpus[c].smt_index) for core in cores]
-                order = first_threads
-            else:
-                order = _physical_first(topo, usable)
+            # The first len(cores) CPUs of this order are one thread per physical core, so SMT
+            # siblings (which share the core's execution units) come in only when needed.
+            order = _physical_first(topo, usable)
             flat = [order[i % len(order)] for i in range(need)]
-            return [tuple(sorted(flat[i * threads : (i + 1) * threads])) for i in range(n)], True, "compact", warnings
-        # scatter
+            return [_cpuset(flat[i * threads : (i + 1) * threads]) for i in range(n)], True, "compact", warnings
+        # scatter: worker i starts on node i mod N and takes its CPUs there in logical order.
+        # A node is passed over while another still has a free CPU of a lower SMT rank, so no
+        # SMT sibling is used while a physical core elsewhere is idle (the compact rule, too).
+        rank = _smt_rank(topo, usable)
         per_node: dict[int, list[int]] = {}
         for c in _physical_first(topo, usable):
             per_node.setdefault(topo.cpus[c].node, []).append(c)
         node_ids = sorted(per_node)
-        ptr = dict.fromkeys(node_ids, 0)
+        free = {nid: list(cs) for nid, cs in per_node.items()}
         sets: list[tuple[int, ...]] = []
         for i in range(n):
             chosen: list[int] = []
             k = i % len(node_ids)
-            tries = 0
             while len(chosen) < threads:
-                nid = node_ids[k]
-                if ptr[nid] < len(per_node[nid]):
-                    take = min(threads - len(chosen), len(per_node[nid]) - ptr[nid])
-                    chosen.extend(per_node[nid][ptr[nid] : ptr[nid] + take])
-                    ptr[nid] += take
+                if not any(free.values()):  # every CPU taken: start over (oversubscribed)
+                    free = {nid: list(cs) for nid, cs in per_node.items()}
+                level = min(rank[pool[0]] for pool in free.values() if pool)
+                pool = free[node_ids[k]]
+                if pool and rank[pool[0]] == level:
+                    chosen.append(pool.pop(0))
                 else:
                     k = (k + 1) % len(node_ids)
-                    tries += 1
-                    if tries > len(node_ids):  # every node used up: wrap around (oversubscribed)
-                        ptr = dict.fromkeys(node_ids, 0)
-                        tries = 0
-            sets.append(tuple(sorted(chosen)))
+            sets.append(_cpuset(chosen))
         return sets, True, "scatter", warnings
 
     # likwid-style expression or bare CPU list
@@ -382,8 +395,16 @@ def resolve_cpus(
             )
     if len(set(cpus)) != len(cpus) and not oversubscribe:
         dup = sorted({c for c in cpus if cpus.count(c) > 1})
-        raise SpecError(f"pinning: {pinning!r} selects cpu {format_cpulist(dup)} more than once; set oversubscribe: true to allow it")
-    return [tuple(sorted(cpus[i * threads : (i + 1) * threads])) for i in range(n)], True, str(pinning), warnings
+        raise SpecError(
+            f"pinning: {pinning!r} selects cpu {format_cpulist(dup)} more than once; "
+            "set oversubscribe: true to allow it"
+        )
+    return [_cpuset(cpus[i * threads : (i + 1) * threads]) for i in range(n)], True, str(pinning), warnings
+
+
+def _cpuset(cpus: list[int]) -> tuple[int, ...]:
+    """A worker's CPU set: sorted, each CPU once (an oversubscribed wrap can pick one twice)."""
+    return tuple(sorted(set(cpus)))
 
 
 # -- rows, partitions, chunks --------------------------------------------------------
@@ -397,7 +418,9 @@ def split_rows(n_rows: int, parts: int, align: int, start: int = 0) -> list[tupl
     """Split ``[start, start+n_rows)`` into ``parts`` contiguous ranges, boundaries rounded to multiples of
     ``align`` rows when that leaves no range empty (else exact equal split)."""
     exact = [start + (n_rows * k) // parts for k in range(parts + 1)]
-    aligned = [exact[0]] + [min(start + n_rows, round(b / align) * align) for b in exact[1:-1]] + [exact[-1]]
+    # Integer round-half-up: exact for any size and shifts by whole `align`s (float
+    # round() is half-to-even, which can merge two neighbouring boundaries).
+    aligned = [exact[0]] + [min(start + n_rows, (b + align // 2) // align * align) for b in exact[1:-1]] + [exact[-1]]
     bounds = aligned if all(aligned[k] < aligned[k + 1] for k in range(parts)) else exact
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
@@ -428,7 +451,9 @@ def plan_job(
     for rank, s in enumerate(sets):
         spanned = sorted({topology.cpus[c].node for c in s})
         if pinned and len(spanned) > 1:
-            warnings.append(f"worker {rank} spans NUMA nodes {format_cpulist(spanned)}; its data goes to node {nodes[rank]}")
+            warnings.append(
+                f"worker {rank} spans NUMA nodes {format_cpulist(spanned)}; its data goes to node {nodes[rank]}"
+            )
     if topology.cpu_quota is not None and topology.cpu_quota < n * threads_per_worker:
         warnings.append(
             f"cgroup cpu.max allows {topology.cpu_quota:g} CPUs at a time for {n * threads_per_worker} worker threads"
@@ -450,7 +475,7 @@ def plan_job(
             lo, hi = rows_of[rank]
             if partitions and partitions[-1].node == nodes[rank]:
                 p = partitions[-1]
-                partitions[-1] = Partition(p.node, p.start, hi, p.ranks + (rank,))
+                partitions[-1] = Partition(p.node, p.start, hi, (*p.ranks, rank))
             else:
                 partitions.append(Partition(nodes[rank], lo, hi, (rank,)))
     else:
