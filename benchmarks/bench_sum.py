@@ -45,16 +45,33 @@ def warm_compare(size: int, workers: int, rounds: int) -> dict:
     topo = read_topology()
     for acc in ("native", "float64"):
         spec = spec_from_dict(
-            {"name": "bench", "data": {"size": size, "dtype": "float32"}, "workers": workers,
-             "accumulate": acc, "chunks_per_worker": 1}
+            {
+                "name": "bench",
+                "data": {"size": size, "dtype": "float32"},
+                "workers": workers,
+                "accumulate": acc,
+                "chunks_per_worker": 1,
+            }
         )
         prep = prepare(spec, topo)
         seg = Segment.create(prep.data.nbytes, default_shm_dir())
         pool = None
         try:
             inits = [
-                WorkerInit(w.rank, w.cpus, prep.plan.pinned, 1, thread_env(1), seg.name, default_shm_dir(), prep.data,
-                           w.rows, w.chunks, spec.kernel, acc)
+                WorkerInit(
+                    w.rank,
+                    w.cpus,
+                    prep.plan.pinned,
+                    1,
+                    thread_env(1),
+                    seg.name,
+                    default_shm_dir(),
+                    prep.data,
+                    w.rows,
+                    w.chunks,
+                    spec.kernel,
+                    acc,
+                )
                 for w in prep.plan.workers
             ]
             pool = Pool(inits, "forkserver")
@@ -134,11 +151,15 @@ def main() -> None:
         r = warm_compare(size, args.workers, args.rounds)
         r["cold"] = cold_end_to_end(size, args.workers)
         results["cases"][name] = r
-        print(f"== {name}: {size:,} float32 ({size * 4 / 1e6:,.0f} MB), {args.workers} workers, {args.rounds} interleaved rounds")
+        print(
+            f"== {name}: {size:,} float32 ({size * 4 / 1e6:,.0f} MB), {args.workers} workers, "
+            f"{args.rounds} interleaved rounds"
+        )
         for acc, ref in (("native", "np.sum(a)"), ("float64", "np.sum(a, dtype=float64)")):
             x = r[acc]
             print(
-                f"  accumulate {acc:7s}: shmhpc warm {x['shmhpc_warm_median_s'] * 1e3:8.2f} ms ({x['shmhpc_gbps']:5.1f} GB/s)"
+                f"  accumulate {acc:7s}: shmhpc warm {x['shmhpc_warm_median_s'] * 1e3:8.2f} ms "
+                f"({x['shmhpc_gbps']:5.1f} GB/s)"
                 f"  vs {ref:26s} {x['np_sum_median_s'] * 1e3:8.2f} ms ({x['np_sum_gbps']:5.1f} GB/s)"
                 f"  -> {x['speedup_vs_np_sum']:.2f}x"
             )

@@ -11,9 +11,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cpulist import format_cpulist, parse_cpulist
 from .errors import ShmhpcError, SpecError
+
+if TYPE_CHECKING:
+    from .spec import JobSpec
+    from .topology import Topology
 
 __all__ = ["main"]
 
@@ -31,7 +36,7 @@ def _topology_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_topology(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _read_topology(args: argparse.Namespace) -> Topology:
     from .topology import read_topology
 
     allowed = None
@@ -47,7 +52,7 @@ def _read_topology(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return read_topology(args.sysfs_root, allowed)
 
 
-def _load(args: argparse.Namespace, path: str):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace, path: str) -> JobSpec:
     from .spec import load_spec
 
     return load_spec(path, getattr(args, "set", None) or None)
@@ -105,7 +110,10 @@ def cmd_topology(args: argparse.Namespace) -> int:
         f"{len(d['online'])} online CPUs ({format_cpulist(d['online'])}), {d['physical_cores']} physical cores, "
         f"{len(d['packages'])} package(s), {len(d['nodes'])} NUMA node(s)"
     )
-    print(f"usable CPUs: {format_cpulist(d['usable'])} ({d['usable_source']}), {d['usable_physical_cores']} physical cores")
+    print(
+        f"usable CPUs: {format_cpulist(d['usable'])} ({d['usable_source']}), "
+        f"{d['usable_physical_cores']} physical cores"
+    )
     if d["cpu_quota"] is not None:
         print(f"cgroup CPU quota: {d['cpu_quota']:g} CPUs")
     for n in d["nodes"]:

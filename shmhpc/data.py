@@ -191,7 +191,7 @@ def _generate(flat: np.ndarray, info: DataInfo, e0: int, e1: int) -> None:
 def _read_file(flat: np.ndarray, info: DataInfo, e0: int, e1: int) -> None:
     if info.path is None:
         raise SpecError("data.path: missing")
-    dest = memoryview(flat[e0:e1]).cast("B")
+    dest = memoryview(flat[e0:e1]).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
     pos = info.offset_bytes + e0 * info.itemsize
     fd = os.open(info.path, os.O_RDONLY | os.O_CLOEXEC)
     try:

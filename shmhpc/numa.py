@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from typing import Any
 
 __all__ = ["page_nodes", "available"]
 
@@ -19,7 +20,7 @@ _SYS_MOVE_PAGES = {"x86_64": 279, "aarch64": 239, "ppc64le": 301, "s390x": 310}.
 _libc = None
 
 
-def _syscall():  # type: ignore[no-untyped-def]
+def _syscall() -> Any:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -37,7 +38,7 @@ def page_nodes(address: int, length: int, max_samples: int = 1024) -> dict[str, 
     faulted in and ``"error"`` for other failures. ``None`` when the query is not
     available on this platform.
     """
-    if not available() or length <= 0:
+    if _SYS_MOVE_PAGES is None or not available() or length <= 0:
         return None
     page = os.sysconf("SC_PAGE_SIZE")
     first = address - address % page

@@ -56,6 +56,7 @@ class WorkerInit:
 
 # -- inside the worker ----------------------------------------------------------------
 
+
 def _worker_main(conn: Connection, init: WorkerInit) -> None:
     # The launcher handles SIGINT/SIGTERM and tells workers to stop; a Ctrl-C on the
     # terminal reaches the whole process group, so workers ignore SIGINT.
@@ -103,7 +104,7 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
                 lo, hi = init.rows
                 rb = init.data.row_bytes
                 populated = seg.populate(lo * rb, (hi - lo) * rb)
-                for chunk_ix, (a, b) in enumerate(init.chunks):
+                for chunk_ix, (a, b) in enumerate(init.chunks):  # noqa: B007 - the error handler reads chunk_ix
                     fill_rows(arr, init.data, a, b)
                 chunk_ix = None
                 dt = time.perf_counter() - t0
@@ -112,7 +113,7 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
             elif cmd == "run":
                 phase = f"repeat {msg[1]}"
                 states, secs = [], []
-                for chunk_ix, (a, b) in enumerate(init.chunks):
+                for chunk_ix, (a, b) in enumerate(init.chunks):  # noqa: B007 - the error handler reads chunk_ix
                     t0 = time.perf_counter()
                     states.append(kernel.map(arr[a:b]))
                     secs.append(time.perf_counter() - t0)
@@ -148,6 +149,7 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
 
 # -- in the launcher --------------------------------------------------------------------
 
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "is still running"
@@ -181,7 +183,9 @@ class Pool:
             warnings.simplefilter("always")
             for init in self.inits:
                 parent, child = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=_worker_main, args=(child, init), name=f"shmhpc-worker-{init.rank}", daemon=True)
+                p = ctx.Process(  # type: ignore[attr-defined]
+                    target=_worker_main, args=(child, init), name=f"shmhpc-worker-{init.rank}", daemon=True
+                )
                 p.start()
                 child.close()  # so a dead worker gives EOF here instead of a hang
                 self.procs.append(p)
@@ -252,9 +256,7 @@ class Pool:
                     rank = sentinels[obj]
                     conn = self.conns[rank]
                     if conn in pending and not conn.poll():
-                        raise RunError(
-                            f"{phase}: worker {rank} (pid {self.procs[rank].pid}) {self._exit_text(rank)}"
-                        )
+                        raise RunError(f"{phase}: worker {rank} (pid {self.procs[rank].pid}) {self._exit_text(rank)}")
         return results
 
     def close(self, grace_s: float = 2.0) -> None:

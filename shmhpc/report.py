@@ -120,7 +120,9 @@ def load_report(path: str | os.PathLike[str]) -> dict:
     if not isinstance(data, dict) or "version" not in data:
         raise SpecError(f"{path}: not a shmhpc report (no 'version' field)")
     if data["version"] != REPORT_VERSION:
-        raise SpecError(f"{path}: report version {data['version']!r} is not supported; this shmhpc reads version {REPORT_VERSION}")
+        raise SpecError(
+            f"{path}: report version {data['version']!r} is not supported; this shmhpc reads version {REPORT_VERSION}"
+        )
     return data
 
 

@@ -12,7 +12,8 @@ import difflib
 import math
 import os
 import re
-from pathlib import Path
+import string
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -20,10 +21,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from .cpulist import parse_cpulist
-
 from .errors import SpecError
 
-__all__ = ["JobSpec", "DataSpec", "NumaSpec", "load_spec", "spec_from_dict", "json_schema", "apply_overrides"]
+__all__ = ["DataSpec", "JobSpec", "NumaSpec", "apply_overrides", "json_schema", "load_spec", "spec_from_dict"]
 
 # Largest array we accept: 64 TiB. Anything larger is a typo, not a job.
 MAX_BYTES = 64 * 2**40
@@ -32,18 +32,27 @@ FILE_DTYPES = (
     "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
 )
 MAX_SPEC_BYTES = 1 << 20  # a job spec is a few hundred bytes; refuse megabytes of YAML
+# A job spec is 3 levels deep (top -> pinning -> one worker's CPUs). Refusing anything much deeper
+# up front keeps pydantic, repr() and the override copy away from Python's recursion limit.
+MAX_DEPTH = 16
+REPORT_PLACEHOLDERS = ("name", "timestamp", "workers", "pinning")
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 PosInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
-CpuList = Union[Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1)], str]
+CpuId = Annotated[int, Field(strict=True, ge=0)]
+# What a user may write for one worker's CPUs: [0, 1], "0-1" or a single id. ``_check_pinning``
+# normalizes all three to a sorted list of ints, which is all the planner ever sees.
+CpuList = Union[Annotated[list[CpuId], Field(min_length=1)], str, CpuId]  # noqa: UP007 - used as a value
+PinningInput = Union[Literal["none", "compact", "scatter"], Annotated[list[CpuList], Field(min_length=1)], str]  # noqa: UP007
 POLICIES = ("none", "compact", "scatter")
 
 
 def _problems(problems: list[tuple[str, str]]) -> PydanticCustomError:
     """One validation error carrying several ``(sub-path, message)`` problems; see ``_messages``."""
-    return PydanticCustomError("shmhpc", "{detail}", {"detail": "; ".join(m for _, m in problems), "problems": problems})
+    detail = "; ".join(m for _, m in problems)
+    return PydanticCustomError("shmhpc", "{detail}", {"detail": detail, "problems": problems})
 
 
 def _is_int(v: Any) -> bool:
@@ -60,7 +69,8 @@ def _check_pinning(v: Any) -> Any:
     """Validate the *shape* of ``pinning``; whether CPUs exist here is the planner's job."""
     if isinstance(v, str):
         if not v.strip():
-            raise _problems([("", f"empty expression; allowed: {', '.join(POLICIES)}, CPU lists or a likwid-style expression")])
+            allowed = f"{', '.join(POLICIES)}, CPU lists or a likwid-style expression"
+            raise _problems([("", f"empty expression; allowed: {allowed}")])
         return v.strip()
     if not isinstance(v, list) or not v:
         raise _problems([("", f"must be one of {', '.join(POLICIES)}, a list of per-worker CPU lists "
@@ -75,7 +85,10 @@ def _check_pinning(v: Any) -> Any:
             except ValueError as exc:
                 problems.append((f"[{i}]", str(exc)))
         elif _is_int(item):
-            cpus = [item]
+            if item < 0:
+                problems.append((f"[{i}]", f"{_short(item)} is not a CPU id (a non-negative integer)"))
+            else:
+                cpus = [item]
         elif isinstance(item, list):
             for j, c in enumerate(item):
                 if not _is_int(c) or c < 0:
@@ -110,7 +123,9 @@ class DataSpec(_Model):
     dtype: str | None = Field(None, description="float32 | float64 (generate); numeric dtypes for npy/raw")
     distribution: Literal["normal", "uniform"] = Field("normal", description="for generate: standard normal or [0, 1)")
     seed: NonNegInt = Field(0, description="for generate: root of the per-block SeedSequence")
-    path: str | None = Field(None, description="npy/raw file, relative to the spec's directory")
+    path: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="npy/raw file, relative to the spec's directory"
+    )
     offset_bytes: NonNegInt = Field(0, description="raw: bytes to skip at the start of the file")
 
     @field_validator("dtype")
@@ -122,28 +137,7 @@ class DataSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> DataSpec:
-        errs: list[tuple[str, str]] = []
-        if self.size is not None and self.shape is not None:
-            errs.append(("shape", "give size or shape, not both"))
-        if self.source == "generate":
-            if self.size is None and self.shape is None:
-                errs.append(("size", "source generate needs size (elements) or shape"))
-            if self.dtype is not None and self.dtype not in GENERATE_DTYPES:
-                errs.append(("dtype", f"{self.dtype!r} cannot be generated; allowed: {', '.join(GENERATE_DTYPES)}"))
-            if self.path is not None:
-                errs.append(("path", "only for source npy or raw (source is generate)"))
-        else:
-            if self.path is None:
-                errs.append(("path", f"source {self.source} needs a file path"))
-            if self.source == "raw" and self.dtype is None:
-                errs.append(("dtype", "source raw needs dtype"))
-            if self.source == "raw" and self.size is None and self.shape is None:
-                errs.append(("size", "source raw needs size or shape"))
-        if self.source != "raw" and self.offset_bytes:
-            errs.append(("offset_bytes", f"only for source raw (source is {self.source})"))
-        n = self.n_elements
-        if n is not None and n * _itemsize(self.resolved_dtype) > MAX_BYTES:
-            errs.append(("size", f"{n} elements of {self.resolved_dtype} is over the {MAX_BYTES >> 40} TiB limit"))
+        errs = _data_problems({f: getattr(self, f) for f in type(self).model_fields})
         if errs:
             raise _problems(errs)
         return self
@@ -157,6 +151,47 @@ class DataSpec(_Model):
     @property
     def resolved_dtype(self) -> str:
         return self.dtype or "float32"
+
+
+def _data_problems(d: Mapping[str, Any], bad: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Cross-field rules of ``data``, as ``(field, message)`` pairs.
+
+    ``d`` holds the data fields (absent or None: not given); ``bad`` names the fields that
+    already failed their own check: they count as given but their value is not used, so a
+    spec with ``size: -1`` and no ``path`` still hears about both.
+    """
+
+    def given(k: str) -> bool:
+        return d.get(k) is not None
+
+    def ok(k: str) -> bool:
+        return given(k) and k not in bad
+
+    errs: list[tuple[str, str]] = []
+    if given("size") and given("shape"):
+        errs.append(("shape", "give size or shape, not both"))
+    source = d.get("source", "generate") if "source" not in bad else None
+    if source == "generate":
+        if not given("size") and not given("shape"):
+            errs.append(("size", "source generate needs size (elements) or shape"))
+        if ok("dtype") and d["dtype"] not in GENERATE_DTYPES:
+            errs.append(("dtype", f"{d['dtype']!r} cannot be generated; allowed: {', '.join(GENERATE_DTYPES)}"))
+        if given("path"):
+            errs.append(("path", "only for source npy or raw (source is generate)"))
+    elif source is not None:
+        if not given("path"):
+            errs.append(("path", f"source {source} needs a file path"))
+        if source == "raw" and not given("dtype"):
+            errs.append(("dtype", "source raw needs dtype"))
+        if source == "raw" and not given("size") and not given("shape"):
+            errs.append(("size", "source raw needs size or shape"))
+    if source is not None and source != "raw" and ok("offset_bytes") and d["offset_bytes"]:
+        errs.append(("offset_bytes", f"only for source raw (source is {source})"))
+    n = d["size"] if ok("size") else math.prod(d["shape"]) if ok("shape") else None
+    dtype = d["dtype"] if ok("dtype") else None if given("dtype") else "float32"
+    if n is not None and dtype is not None and n * _itemsize(dtype) > MAX_BYTES:
+        errs.append(("size", f"{n} elements of {dtype} is over the {MAX_BYTES >> 40} TiB limit"))
+    return errs
 
 
 class NumaSpec(_Model):
@@ -174,14 +209,18 @@ class JobSpec(_Model):
         ..., description="job name: letters, digits, '_', '.', '-'"
     )
     data: DataSpec
-    workers: Annotated[PosInt | Literal["auto"], BeforeValidator(_check_workers)] = Field("auto", description="count, or auto = one per usable physical core")
+    workers: Annotated[PosInt | Literal["auto"], BeforeValidator(_check_workers)] = Field(
+        "auto", description="count, or auto = one per usable physical core"
+    )
     threads_per_worker: PosInt = Field(1, description="CPUs and BLAS/OpenMP threads per worker")
+    # The type is the normalized form; the JSON Schema shows what a user may write (PinningInput).
     pinning: Annotated[
-        Literal["none", "compact", "scatter"] | Annotated[list[CpuList], Field(min_length=1)] | str,
-        BeforeValidator(_check_pinning),
+        Literal["none", "compact", "scatter"] | list[list[CpuId]] | str,
+        BeforeValidator(_check_pinning, json_schema_input_type=PinningInput),
     ] = Field(
         "compact",
-        description="none | compact | scatter | explicit CPU lists per worker | likwid-style expression (N:0-3, S0:0-1@S1:0-1, E:N:4:1:2)",
+        description="none | compact | scatter | explicit CPU lists per worker"
+        " | likwid-style expression (N:0-3, S0:0-1@S1:0-1, E:N:4:1:2)",
     )
     oversubscribe: bool = Field(False, description="allow more worker threads than usable CPUs")
     numa: NumaSpec = Field(default_factory=NumaSpec)
@@ -199,16 +238,27 @@ class JobSpec(_Model):
     report: Annotated[str, Field(min_length=1)] = Field(
         "reports/{name}.json", description="report path; placeholders {name} {timestamp} {workers} {pinning}"
     )
-    timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="fail the run if one phase (load or one repeat) takes longer"
     )
 
     @field_validator("report")
     @classmethod
     def _report_placeholders(cls, v: str) -> str:
-        for ph in re.findall(r"\{([^}]*)\}", v):
-            if ph not in ("name", "timestamp", "workers", "pinning"):
-                raise ValueError(f"unknown placeholder {{{ph}}}; allowed: {{name}} {{timestamp}} {{workers}} {{pinning}}")
+        # The runner fills this in with str.format: check it the way str.format will read it,
+        # so "{name", "}" or "{name.__class__}" fail here and not after the run.
+        allowed = " ".join(f"{{{p}}}" for p in REPORT_PLACEHOLDERS) + " ({{ and }} for literal braces)"
+        try:
+            fields = list(string.Formatter().parse(v))
+        except ValueError as exc:
+            raise ValueError(f"not a valid template: {exc}; allowed: {allowed}") from None
+        for _, field, spec, conv in fields:
+            if field is None:
+                continue
+            if field not in REPORT_PLACEHOLDERS:
+                raise ValueError(f"unknown placeholder {{{field}}}; allowed: {allowed}")
+            if spec or conv:
+                raise ValueError(f"placeholder {{{field}}} takes no conversion or format spec; allowed: {allowed}")
         return v
 
 
@@ -218,27 +268,47 @@ def _itemsize(dtype: str) -> int:
     return int(re.sub(r"\D", "", dtype) or 8) // 8
 
 
-_TAGS = {"str", "int", "bool", "float", "list", "dict"}
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
+def _submodel(model: type[BaseModel] | None, part: Any) -> type[BaseModel] | None:
+    if model is None or not isinstance(part, str) or part not in model.model_fields:
+        return None
+    ann = model.model_fields[part].annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _field_path(loc: tuple[Any, ...], raw: Any) -> str:
+    """``data.size``, ``pinning[1][0]``, ``data['my key']`` for a pydantic error location.
+
+    The location is walked alongside the input and the model, so a part that is neither a
+    field nor a key/index of the input (a union-branch tag like ``literal['none']``) is
+    skipped, while a user's key is always shown -- quoted when it is not a plain name.
+    """
     out = ""
+    cur: Any = raw
+    model: type[BaseModel] | None = JobSpec
     for part in loc:
-        if isinstance(part, int):
+        is_field = model is not None and isinstance(part, str) and part in model.model_fields
+        is_index = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
+        is_key = isinstance(cur, dict) and part in cur
+        if not (is_field or is_index or is_key):
+            continue
+        if is_index:
             out += f"[{part}]"
-        elif isinstance(part, str) and part.isidentifier() and part not in _TAGS:
+        elif isinstance(part, str) and _PLAIN_KEY.match(part):
             out += ("." if out else "") + part
-        # else: a union-branch tag pydantic inserts ('constrained-int', 'literal[...]'): not a field
+        else:
+            out += f"[{_short(part)}]"
+        model = _submodel(model, part) if is_field else None
+        cur = cur[part] if (is_index or is_key) else None
     return out or "(top level)"
 
 
 def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] | None = JobSpec
     for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        ann = model.model_fields[part].annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        model = _submodel(model, part)
     return model
 
 
@@ -247,31 +317,45 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _messages(exc: ValidationError) -> list[str]:
+def _join(path: str, sub: str) -> str:
+    if not sub or sub.startswith("["):
+        return path + sub
+    return sub if path == "(top level)" else f"{path}.{sub}"
+
+
+def _messages(exc: ValidationError, raw: Any) -> list[str]:
+    """One line per problem: ``field.path: what is wrong (got VALUE); allowed: ...``."""
     msgs: list[str] = []
-    # Union fields give one error per branch; keep one line per field, preferring the most specific.
-    seen: dict[str, str] = {}
-    for err in exc.errors(include_url=False):
+    # Union fields could give one error per branch; keep one line per field and rule.
+    seen: set[str] = set()
+
+    def add(key: str, msg: str) -> None:
+        if key not in seen:
+            seen.add(key)
+            msgs.append(msg)
+
+    errors = exc.errors(include_url=False)
+    for err in errors:
         loc = tuple(err["loc"])
-        path = _field_path(loc)
+        path = _field_path(loc, raw)
         etype = err["type"]
         if etype == "shmhpc":
             for sub, text in err["ctx"]["problems"]:
-                if not sub or sub.startswith("["):
-                    full = path + sub
-                else:
-                    full = sub if path == "(top level)" else f"{path}.{sub}"
-                if full not in seen:
-                    seen[full] = text
-                    msgs.append(f"{full}: {text}")
+                full = _join(path, sub)
+                add(f"{full}: {text}", f"{full}: {text}")
             continue
-        if etype == "extra_forbidden":
-            key = str(loc[-1])
+        if etype in ("extra_forbidden", "invalid_key"):
+            key = loc[-1] if loc else None
             parent = _model_for(loc[:-1])
             choices = sorted(parent.model_fields) if parent else []
-            close = difflib.get_close_matches(key, choices, n=1)
+            allowed = f" (allowed: {', '.join(choices)})" if choices else ""
+            if etype == "invalid_key":
+                where = _field_path(loc[:-1], raw)
+                add(path, f"{where}: key {_short(err.get('input', key))} is not a string{allowed}")
+                continue
+            close = difflib.get_close_matches(key, choices, n=1) if isinstance(key, str) else []
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            msg = f"{path}: unknown key{hint} (allowed: {', '.join(choices)})"
+            msg = f"{path}: unknown key{hint}{allowed}"
         elif etype == "missing":
             msg = f"{path}: required field is missing"
         else:
@@ -283,65 +367,100 @@ def _messages(exc: ValidationError) -> list[str]:
                 desc = parent.model_fields[loc[-1]].description
                 if desc and "allowed" not in msg:
                     msg += f"; allowed: {desc}"
-        if path in seen:
-            continue
-        seen[path] = msg
-        msgs.append(msg)
+        add(path, msg)
+    # Pydantic skips DataSpec's cross-field check once a data field fails; run it on what it has,
+    # so that ``size: -1`` does not hide a missing ``path``.
+    data = raw.get("data") if isinstance(raw, dict) else None
+    data_fields = {str(e["loc"][1]) for e in errors if len(e["loc"]) >= 2 and e["loc"][0] == "data"}
+    if isinstance(data, dict) and data_fields and all(isinstance(k, str) for k in data):
+        for sub, text in _data_problems(data, frozenset(data_fields)):
+            add(f"data.{sub}: {text}", f"data.{sub}: {text}")
     return msgs
+
+
+def _too_deep(v: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if containers nest deeper than ``limit`` (iterative, so it cannot recurse itself)."""
+    stack = [(v, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = list(node.keys()) + list(node.values())
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
+def _depth_message(source: str) -> str:
+    return f"{source}: nested more than {MAX_DEPTH} levels deep; a job spec needs 3 (pinning: [[0, 1]])"
 
 
 def spec_from_dict(raw: Any, *, source: str = "spec") -> JobSpec:
     """Validate a mapping (already parsed YAML) into a ``JobSpec`` or raise ``SpecError`` with every message."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: the top level must be a mapping of fields (got {type(raw).__name__})")
+    if _too_deep(raw):
+        raise SpecError(_depth_message(source))
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(_messages(exc)) from None
+        messages = _messages(exc, raw)
     except (RecursionError, TypeError) as exc:  # pathological input that pydantic cannot walk
-        raise SpecError(f"{source}: cannot be validated ({type(exc).__name__})") from None
+        messages = [f"{source}: cannot be validated ({type(exc).__name__})"]
+    raise SpecError(messages)
 
 
 class _NoDupLoader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys and aliases (no billion-laughs)."""
+    """safe_load that refuses duplicate keys (anchors, aliases and deep nesting are refused before composing)."""
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     mapping: dict = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
-            raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a string or a number, not {type(key).__name__}", key_node.start_mark
+            )
         if key in mapping:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
-        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+        mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
-
-
-def _no_alias(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    raise yaml.constructor.ConstructorError(None, None, "YAML aliases are not allowed in job specs", node.start_mark)
 
 
 _NoDupLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _parse_yaml(text: str, source: str) -> Any:
-    if "*" in text or "&" in text:
-        # Cheap guard before parsing: anchors/aliases are the YAML-bomb vector; check precisely.
-        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
-            if isinstance(tok, (yaml.AliasToken, yaml.AnchorToken)):
-                raise SpecError(f"{source}: YAML anchors/aliases are not allowed in job specs (line {tok.start_mark.line + 1})")
     try:
+        # One pass over the parser's events (a state machine: no recursion) before building anything:
+        # anchors/aliases are the YAML-bomb vector (billion laughs), and deep nesting would only
+        # reach the recursive composer to die there on RecursionError, slowly.
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise SpecError(f"{source}: YAML anchors/aliases are not allowed in job specs (line {line})")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise SpecError(_depth_message(source))
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         return yaml.load(text, Loader=_NoDupLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{source}: not valid YAML{where}: {problem}") from None
+        raise SpecError(f"{source}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
     except RecursionError:
-        raise SpecError(f"{source}: YAML nested too deeply") from None
+        raise SpecError(_depth_message(source)) from None
 
 
 def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) -> JobSpec:
@@ -349,39 +468,48 @@ def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) 
 
     Raises ``SpecError`` listing every problem.
     """
-    p = Path(path)
     source = str(path)
     try:
-        if p.stat().st_size > MAX_SPEC_BYTES:
-            raise SpecError(f"{source}: spec file is {p.stat().st_size} bytes; a job spec is at most {MAX_SPEC_BYTES}")
-        text = p.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            # Read at most one byte past the limit: st_size is 0 for /dev/zero, pipes and /proc files.
+            data = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{source}: no such file") from None
     except IsADirectoryError:
         raise SpecError(f"{source}: is a directory, expected a YAML job spec") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{source}: not UTF-8 text") from None
     except OSError as exc:
-        raise SpecError(f"{source}: cannot read: {exc.strerror}") from None
+        raise SpecError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # embedded NUL in the path
+        raise SpecError(f"{source}: not a usable path: {exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: spec file is over {MAX_SPEC_BYTES} bytes; a job spec is a few hundred")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{source}: not UTF-8 text (byte {exc.start}); a job spec is a YAML text file") from None
     raw = _parse_yaml(text, source)
     if raw is None:
         raise SpecError(f"{source}: empty spec; at least name and data are required")
+    if _too_deep(raw):
+        raise SpecError(_depth_message(source))
     if overrides:
         raw = apply_overrides(raw, overrides)
-    spec = spec_from_dict(raw, source=source)
-    return spec
+    return spec_from_dict(raw, source=source)
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> Any:
-    """Apply ``a.b=value`` overrides (value parsed as YAML) to a parsed spec mapping."""
+    """Apply ``a.b=value`` overrides (value parsed as YAML) to a parsed spec mapping.
+
+    Raises ``SpecError`` naming ``--set`` for a malformed override.
+    """
     if not isinstance(raw, dict):
         return raw
     out = _deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"--set: {item!r} is not key=value (e.g. workers=2, numa.partition=false)")
         parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(f"--set: {item!r} is not key=value (e.g. workers=2, numa.partition=false)")
         target = out
         for part in parts[:-1]:
             nxt = target.get(part)
@@ -389,7 +517,7 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
                 nxt = {}
                 target[part] = nxt
             target = nxt
-        target[parts[-1]] = _parse_yaml(value, f"--set {key}")
+        target[parts[-1]] = _parse_yaml(value, f"--set {key.strip()}")
     return out
 
 

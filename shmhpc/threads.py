@@ -63,7 +63,11 @@ def limit_threads(threads: int) -> tuple[Any, list[dict]]:
 
     limiter = threadpool_limits(limits=threads)
     info = [
-        {k: v for k, v in pool.items() if k in ("user_api", "internal_api", "prefix", "version", "num_threads", "threading_layer", "architecture")}
+        {
+            k: v
+            for k, v in pool.items()
+            if k in ("user_api", "internal_api", "prefix", "version", "num_threads", "threading_layer", "architecture")
+        }
         for pool in threadpool_info()
     ]
     return limiter, info

@@ -19,12 +19,38 @@ def our_segments() -> set[str]:
     return {p.name for p in SHM.iterdir() if p.name.startswith("shmhpc-")} if SHM.is_dir() else set()
 
 
+def _leaked(before: set[str]) -> list[str]:
+    """New segments whose owner is gone, or is this test process itself.
+
+    A segment whose owner is another live process belongs to a run in progress
+    (another test session on a shared machine), not to a leak of ours.
+    """
+    from shmhpc.shm import parse_segment_name
+
+    out = []
+    for name in sorted(our_segments() - before):
+        owner = parse_segment_name(name)
+        if owner is None or owner.pid == os.getpid() or not _alive(owner.pid):
+            out.append(name)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_segment_left_after_suite():
     before = our_segments()
     yield
-    leaked = our_segments() - before
-    assert not leaked, f"the test suite left shared-memory segments behind: {sorted(leaked)}"
+    leaked = _leaked(before)
+    assert not leaked, f"the test suite left shared-memory segments behind: {leaked}"
 
 
 @pytest.fixture
@@ -32,8 +58,8 @@ def no_leak():
     """Fail the test if it leaves a segment of ours in /dev/shm."""
     before = our_segments()
     yield
-    leaked = our_segments() - before
-    assert not leaked, f"segments left behind: {sorted(leaked)}"
+    leaked = _leaked(before)
+    assert not leaked, f"segments left behind: {leaked}"
 
 
 def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 120):

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import JOBS, ROOT, load_json, our_segments, run_cli, write_spec
 
 USABLE = sorted(os.sched_getaffinity(0))
 TWO = len(USABLE) >= 2
 
-BAD_KERNELS = '''
+BAD_KERNELS = """
 import os, signal, time
 import numpy as np
 
@@ -41,7 +40,7 @@ def slow(chunk):
 def inconsistent(chunk):
     # Not a map-reduce: the sum of squared chunk sizes differs from the whole array's.
     return float(chunk.size) ** 2
-'''
+"""
 
 
 def small_spec(tmp_path: Path, name: str = "t", **fields) -> Path:
@@ -81,7 +80,9 @@ def test_every_example_job_runs(job, tmp_path, no_leak):
 
     spec = load_spec(job)
     shrink = ["data.shape=[4000, 50]"] if spec.data.shape else ["data.size=400000"]
-    out = run_cli("run", str(job), "--set", shrink[0], "--set", "repeats=2", "--report", str(tmp_path / "r.json"), cwd=tmp_path)
+    out = run_cli(
+        "run", str(job), "--set", shrink[0], "--set", "repeats=2", "--report", str(tmp_path / "r.json"), cwd=tmp_path
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     rep = load_json(tmp_path / "r.json")
     assert rep["status"] == "ok" and rep["result"]["verified"] is True
@@ -274,8 +275,11 @@ def test_bad_kernel_path_is_bad_input(tmp_path, no_leak):
 def test_sigterm_stops_between_repeats(tmp_path, no_leak):
     spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=200, chunks_per_worker=1)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shmhpc", "run", str(spec)], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "shmhpc", "run", str(spec)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -307,7 +311,10 @@ def test_progress_bar_on_a_tty(tmp_path, no_leak):
     master, slave = pty.openpty()
     env = dict(os.environ, COLUMNS="100")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shmhpc", "run", str(spec)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=slave,
+        [sys.executable, "-m", "shmhpc", "run", str(spec)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
         env=env,
     )
     os.close(slave)
@@ -358,3 +365,16 @@ def test_readme_quick_start_commands_are_the_ci_commands():
     assert quick[0].endswith("python -m shmhpc run jobs/sum-pinned.yaml")
     assert quick[1].endswith("python -m pytest")
     assert quick[1] in ci.splitlines(), ".ci/run must call the README's test command verbatim"
+
+
+def test_file_data_is_not_copied_by_the_launcher(tmp_path, no_leak):
+    """A 160 MB .npy goes straight into shared memory: the launcher's own peak RSS stays far below it."""
+    arr = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(40_000_000,))
+    arr[:] = 1.0
+    arr.flush()
+    del arr
+    rep = run_ok(small_spec(tmp_path, data="{source: npy, path: big.npy}", repeats=1, verify="false"))
+    mem = rep["memory"]
+    assert mem["array_bytes"] == 160_000_000
+    assert mem["launcher_peak_rss_bytes_before_verify"] < 0.6 * mem["array_bytes"]
+    assert rep["result"]["value"] == 40_000_000
