@@ -37,6 +37,14 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _read_first(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def host_info() -> dict[str, Any]:
     import numpy
 
@@ -51,6 +59,7 @@ def host_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "shmhpc": __version__,
         "env": relevant_env(),
+        "shmem_hugepages": _read_first("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
         "slurm": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SLURM_") and "CONF" not in k} or None,
     }
 

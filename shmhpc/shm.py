@@ -76,6 +76,13 @@ class Segment:
         self._fd = fd
         self._map: mmap.mmap | None = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         os.close(fd)
+        # Ask for 2 MiB pages where tmpfs allows them (shmem_enabled=advise/within_size/always):
+        # far fewer page faults on first touch and TLB misses when streaming (PITFALLS 15).
+        if size >= 2 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                self._map.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
         self._fd = -1
         self._unlinked = False
 
