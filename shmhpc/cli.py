@@ -71,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec_dir=Path(args.spec).resolve().parent,
         report_path=args.report,
         progress=make_progress(args.quiet),
+        force=args.force,
     )
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
@@ -152,6 +153,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .shm import default_shm_dir, find_stale, remove_stale
+
+    shm_dir = args.shm_dir or default_shm_dir()
+    stale = find_stale(shm_dir)
+    if not stale:
+        print(f"no stale shmhpc segments of yours in {shm_dir}")
+        return 0
+    done = stale if args.dry_run else remove_stale(stale)
+    verb = "would remove" if args.dry_run else "removed"
+    for s in done:
+        job = f", Slurm job {s.slurm_job}" if s.slurm_job else ""
+        print(f"{verb} {s.path} ({s.size_bytes / 1e6:,.1f} MB{job}): {s.reason}")
+    total = sum(s.size_bytes for s in done)
+    print(f"{verb} {len(done)} segment{'s' * (len(done) != 1)}, {total / 1e6:,.1f} MB")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .spec import json_schema
 
@@ -176,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. workers=4")
     p.add_argument("--json", action="store_true", help="print the whole report instead of the summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report")
     _topology_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -197,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema-only", action="store_true", help="check the specs alone, not against this machine")
     _topology_args(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "clean",
+        help="remove shared-memory segments left by shmhpc launchers of yours that died",
+        description="Finds segments named shmhpc-u<your uid>-p<pid>-… whose launcher pid is no longer running "
+        "(or was reused by a newer process) and removes them. Never touches another user's segments or those "
+        "of a run in progress.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument("--shm-dir", metavar="DIR", help="shared-memory directory (default /dev/shm or $SHMHPC_SHM_DIR)")
+    p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("schema", help="print the JSON Schema of job specs")
     p.set_defaults(func=cmd_schema)

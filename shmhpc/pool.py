@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import numpy as np
+
 from .data import DataInfo, fill_rows
 from .errors import RunError, RunInterrupted
 from .kernels import make_kernel
@@ -52,6 +54,19 @@ class WorkerInit:
     kernel: str
     accumulate: str
     search_path: tuple[str, ...] = ()
+    segment_size: int = 0  # data, padded to a page, then the control slots
+    ctl_offset: int = 0  # byte offset of the control slots
+
+
+# Control slots: one row of int64 per worker, written by the worker before each
+# chunk, so the launcher can name the chunk a worker died or hung in.
+CTL_FIELDS = 4  # phase, round, chunk index, unused
+PHASE_IDLE, PHASE_LOAD, PHASE_RUN = 0, 1, 2
+_PHASES = {PHASE_IDLE: "idle", PHASE_LOAD: "load", PHASE_RUN: "repeat"}
+
+
+def ctl_bytes(n_workers: int) -> int:
+    return n_workers * CTL_FIELDS * 8
 
 
 # -- inside the worker ----------------------------------------------------------------
@@ -63,7 +78,7 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     phase, chunk_ix = "start", None
     seg = None
-    arr = None
+    arr = ctl = None
     try:
         inherited = relevant_env()
         os.environ.update(init.env)
@@ -74,8 +89,9 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
             me.cpu_affinity(list(init.cpus))  # pin first, then touch memory
         observed = sorted(os.sched_getaffinity(0))
         _limiter, pools = limit_threads(init.threads)
-        seg = Segment.attach(init.segment, init.data.nbytes, init.shm_dir)
+        seg = Segment.attach(init.segment, init.segment_size, init.shm_dir)
         arr = seg.array(init.data.dtype, init.data.shape)
+        ctl = seg.view(np.int64, (CTL_FIELDS,), init.ctl_offset + init.rank * CTL_FIELDS * 8)
         kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path))
         conn.send(
             (
@@ -103,22 +119,31 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
                 t0 = time.perf_counter()
                 lo, hi = init.rows
                 rb = init.data.row_bytes
-                populated = seg.populate(lo * rb, (hi - lo) * rb)
-                for chunk_ix, (a, b) in enumerate(init.chunks):  # noqa: B007 - the error handler reads chunk_ix
+                ctl[:3] = (PHASE_LOAD, 0, -1)
+                # Reserve (first-touch) our pages now: out of memory becomes an error here,
+                # not a SIGBUS in the middle of a repeat.
+                reserved_by = seg.reserve(lo * rb, (hi - lo) * rb)
+                for chunk_ix, (a, b) in enumerate(init.chunks):
+                    ctl[2] = chunk_ix
                     fill_rows(arr, init.data, a, b)
                 chunk_ix = None
+                ctl[:3] = (PHASE_IDLE, 0, -1)
                 dt = time.perf_counter() - t0
                 pages = page_nodes(seg.address() + lo * rb, (hi - lo) * rb)
-                conn.send(("ok", {"seconds": dt, "populated": populated, "pages": pages}))
+                conn.send(("ok", {"seconds": dt, "reserved_by": reserved_by, "pages": pages}))
             elif cmd == "run":
                 phase = f"repeat {msg[1]}"
-                states, secs = [], []
-                for chunk_ix, (a, b) in enumerate(init.chunks):  # noqa: B007 - the error handler reads chunk_ix
+                states, secs, cpus = [], [], set()
+                ctl[:3] = (PHASE_RUN, msg[1], -1)
+                for chunk_ix, (a, b) in enumerate(init.chunks):
+                    ctl[2] = chunk_ix
                     t0 = time.perf_counter()
                     states.append(kernel.map(arr[a:b]))
                     secs.append(time.perf_counter() - t0)
+                    cpus.add(me.cpu_num())  # where this chunk finished (cheap: /proc/self/stat)
                 chunk_ix = None
-                conn.send(("ok", {"states": states, "seconds": secs, "cpu": me.cpu_num()}))
+                ctl[:3] = (PHASE_IDLE, msg[1], -1)
+                conn.send(("ok", {"states": states, "seconds": secs, "cpus": sorted(cpus)}))
             else:  # pragma: no cover - protocol error
                 raise RuntimeError(f"unknown command {cmd!r}")
     except (EOFError, KeyboardInterrupt):
@@ -142,7 +167,7 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
         except (OSError, ValueError):
             pass
     finally:
-        arr = None
+        arr = ctl = None
         if seg is not None:
             seg.close()
 
@@ -168,7 +193,8 @@ class Pool:
     inits: list[WorkerInit]
     start_method: str = "forkserver"
     timeout_s: float | None = None
-    stop_flag: Any = None  # object with .signum (int or None), checked between rounds
+    stop_flag: Any = None  # object with .signum (int or None) and .count, set by the launcher's signal handler
+    ctl: np.ndarray | None = None  # (workers, CTL_FIELDS) int64 view of the control slots
     procs: list[Any] = field(default_factory=list)
     conns: list[Connection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -211,11 +237,32 @@ class Pool:
             try:
                 c.send(msg)
             except (BrokenPipeError, OSError):
-                raise RunError(f"worker {rank} (pid {self.procs[rank].pid}) {self._exit_text(rank)}") from None
+                raise RunError(self._death(rank, str(msg[0]))) from None
 
-    def _exit_text(self, rank: int) -> str:
+    def _where(self, rank: int) -> str:
+        """Which phase and chunk a worker was in, from its control slot."""
+        if self.ctl is None:
+            return ""
+        phase, rnd, chunk = (int(x) for x in self.ctl[rank, :3])
+        if phase == PHASE_IDLE:
+            return ""
+        where = f" during {_PHASES[phase]}" + (f" {rnd}" if phase == PHASE_RUN else "")
+        if 0 <= chunk < len(self.inits[rank].chunks):
+            a, b = self.inits[rank].chunks[chunk]
+            where += f", chunk rows {a}-{b}"
+        return where
+
+    def _death(self, rank: int, phase: str) -> str:
+        where = self._where(rank) or f" during {phase}"
         self.procs[rank].join(timeout=1.0)
-        return _describe_exit(self.procs[rank].exitcode)
+        return f"worker {rank} (pid {self.procs[rank].pid}) {_describe_exit(self.procs[rank].exitcode)}{where}"
+
+    def _interrupt_now(self, phase: str) -> bool:
+        """Start-up and loading stop at the first signal; a repeat finishes unless a second signal comes."""
+        flag = self.stop_flag
+        if flag is None or flag.signum is None:
+            return False
+        return not phase.startswith("repeat") or flag.count >= 2
 
     def _gather(self, ranks: list[int], phase: str, timeout: float | None) -> list[dict]:
         results: list[dict] = [{} for _ in self.inits]
@@ -223,7 +270,7 @@ class Pool:
         sentinels = {self.procs[r].sentinel: r for r in ranks}
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            if self.stop_flag is not None and self.stop_flag.signum is not None and phase == "load":
+            if self._interrupt_now(phase):
                 raise RunInterrupted(self.stop_flag.signum)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             # Wake at least every 0.5 s so a signal to the launcher is acted on promptly.
@@ -232,12 +279,11 @@ class Pool:
             if not ready:
                 if deadline is not None and time.monotonic() >= deadline:
                     late = sorted(pending.values())
-                    raise RunError(
-                        f"{phase}: worker {', '.join(map(str, late))} did not answer within timeout_s={timeout:g}"
-                    )
+                    where = "; ".join(f"worker {r}{self._where(r)}" for r in late)
+                    raise RunError(f"{phase}: no answer within timeout_s={timeout:g} from {where}")
                 continue
-            conns_first = sorted(ready, key=lambda o: 0 if isinstance(o, Connection) else 1)
-            for obj in conns_first:
+            # Read messages before looking at deaths: a worker that raised sends its error, then exits.
+            for obj in sorted(ready, key=lambda o: 0 if isinstance(o, Connection) else 1):
                 if isinstance(obj, Connection):
                     if obj not in pending:
                         continue
@@ -245,9 +291,7 @@ class Pool:
                     try:
                         kind, payload = obj.recv()
                     except (EOFError, OSError):
-                        raise RunError(
-                            f"{phase}: worker {rank} (pid {self.procs[rank].pid}) {self._exit_text(rank)}"
-                        ) from None
+                        raise RunError(self._death(rank, phase)) from None
                     if kind == "error":
                         raise RunError(_format_worker_error(payload, self.procs[rank].pid), payload.get("traceback"))
                     results[rank] = payload
@@ -256,7 +300,7 @@ class Pool:
                     rank = sentinels[obj]
                     conn = self.conns[rank]
                     if conn in pending and not conn.poll():
-                        raise RunError(f"{phase}: worker {rank} (pid {self.procs[rank].pid}) {self._exit_text(rank)}")
+                        raise RunError(self._death(rank, phase))
         return results
 
     def close(self, grace_s: float = 2.0) -> None:

@@ -21,7 +21,7 @@ from .cpulist import format_cpulist
 from .errors import SpecError
 from .threads import relevant_env
 
-__all__ = ["REPORT_VERSION", "host_info", "write_report", "load_report", "summarize", "stats"]
+__all__ = ["REPORT_VERSION", "host_info", "write_report", "load_report", "check_run_report", "summarize", "stats"]
 
 REPORT_VERSION = 1
 
@@ -93,8 +93,13 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def write_report(report: dict, path: str | os.PathLike[str]) -> Path:
-    """Write atomically (temp file in the same directory + rename): a crash never leaves half a report."""
+def write_report(report: dict, path: str | os.PathLike[str], overwrite: bool = True) -> Path:
+    """Write atomically (temp file in the same directory + rename): a crash never leaves half a report.
+
+    With ``overwrite=False`` an existing file is never replaced (the temp file is
+    hard-linked into place, which fails if the name exists); the report then goes
+    to ``NAME.<pid>.json`` beside it, and that path is returned.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n"
@@ -104,7 +109,16 @@ def write_report(report: dict, path: str | os.PathLike[str]) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, p)
+        if overwrite:
+            os.replace(tmp, p)
+        else:
+            try:
+                os.link(tmp, p)
+            except FileExistsError:  # someone wrote it while we ran: keep theirs
+                p = p.with_name(f"{p.stem}.{os.getpid()}{p.suffix}")
+                os.replace(tmp, p)
+            else:
+                os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -128,15 +142,35 @@ def load_report(path: str | os.PathLike[str]) -> dict:
         raise SpecError(f"{path}: not a JSON report (line {exc.lineno}: {exc.msg}); truncated?") from None
     if not isinstance(data, dict) or "version" not in data:
         raise SpecError(f"{path}: not a shmhpc report (no 'version' field)")
-    if data["version"] != REPORT_VERSION:
+    version = data["version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SpecError(f"{path}: not a shmhpc report ('version' is {version!r}, not an integer)")
+    if version != REPORT_VERSION:
         raise SpecError(
             f"{path}: report version {data['version']!r} is not supported; this shmhpc reads version {REPORT_VERSION}"
         )
+    check_run_report(str(path), data)
     return data
 
 
-def now_stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+def check_run_report(source: str, report: Any) -> None:
+    """Refuse what is valid JSON with a version but not one run's report (a sweep summary, a stray file)."""
+    if not isinstance(report, dict):
+        raise SpecError(f"{source}: malformed report: not a JSON object")
+    if report.get("kind") == "shmhpc-sweep":
+        raise SpecError(f"{source}: is a sweep summary, not a run report; give its reports (or its directory)")
+    for key in ("job", "host"):
+        if not isinstance(report.get(key), dict):
+            raise SpecError(f"{source}: malformed report: no '{key}' object; is this a shmhpc run report?")
+    if not isinstance(report.get("status"), str):
+        raise SpecError(f"{source}: malformed report: no 'status'; is this a shmhpc run report?")
+
+
+def now_stamp(precise: bool = False) -> str:
+    """UTC time as ``20261126T185230Z`` (``…T185230.123Z`` with milliseconds when ``precise``)."""
+    t = time.time()
+    base = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t))
+    return f"{base}.{int(t % 1 * 1000):03d}Z" if precise else f"{base}Z"
 
 
 def _fmt_s(s: float | None) -> str:

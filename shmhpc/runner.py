@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +22,18 @@ from .data import DataInfo, describe_data
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
 from .kernels import combine_all, make_kernel, state_count
 from .placement import Plan, plan_job
-from .pool import Pool, WorkerInit
+from .pool import CTL_FIELDS, Pool, WorkerInit, ctl_bytes
 from .progress import NullProgress
 from .report import REPORT_VERSION, host_info, now_stamp, stats, write_report
-from .shm import Segment, default_shm_dir
+from .resources import check_fits
+from .shm import PAGE, Segment, default_shm_dir, find_stale, remove_stale
+from .signals import StopSignals
 from .spec import JobSpec
 from .threads import thread_env
 from .topology import Topology
 from .verify import verify
 
 __all__ = ["prepare", "run_job", "Prepared", "report_path_for"]
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: Slurm's usual --signal warning
 
 
 @dataclass
@@ -89,37 +87,11 @@ def report_path_for(
     return Path(
         template.format(
             name=spec.name,
-            timestamp=now_stamp(),
+            timestamp=now_stamp(precise=True),
             workers=workers if workers is not None else spec.workers,
             pinning=safe_policy,
         )
     )
-
-
-class _StopFlag:
-    """Records the first stop signal; installed handlers are restored on exit (habit 4)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._saved: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for s in STOP_SIGNALS:
-                self._saved[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._saved.items():
-            signal.signal(s, h)
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise RunInterrupted(self.signum)
 
 
 def _check_runnable_here(prep: Prepared) -> None:
@@ -134,14 +106,21 @@ def _check_runnable_here(prep: Prepared) -> None:
         )
 
 
-def _check_shm_space(nbytes: int, shm_dir: str) -> None:
-    st = os.statvfs(shm_dir)
-    free = st.f_bavail * st.f_frsize
-    if nbytes > free:
-        raise RunError(
-            f"data: the array needs {nbytes / 1e9:.3f} GB but {shm_dir} has {free / 1e9:.3f} GB free; "
-            "use smaller data, a larger /dev/shm (docker --shm-size) or a bigger allocation"
+def _check_report_target(path: Path, template: str, force: bool) -> None:
+    """Refuse to overwrite an earlier report unless asked (--force, or {timestamp} in the name)."""
+    if path.exists() and not force:
+        raise SpecError(
+            f"report: {str(path)!r} already exists; pass --force to overwrite it or put {{timestamp}} in report: "
+            f"(template {template!r})"
         )
+    if path.exists() and path.is_dir():
+        raise SpecError(f"report: {str(path)!r} is a directory")
+
+
+def sweep_stale_segments(shm_dir: str) -> list[str]:
+    """Remove segments left by launchers of ours that died (SIGKILL, OOM killer); one line each."""
+    removed = remove_stale(find_stale(shm_dir))
+    return [f"removed stale segment {s.name} ({s.size_bytes / 1e6:,.1f} MB): {s.reason}" for s in removed]
 
 
 def _new_report(spec: JobSpec, topology: Topology) -> dict[str, Any]:
@@ -165,11 +144,13 @@ def run_job(
     report_path: str | None = None,
     progress: NullProgress | None = None,
     write: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run ``spec`` and return its report (also written to disk unless ``write=False``).
 
     Never raises for a failed run: the report's ``status`` says ``failed`` or
     ``interrupted`` with ``error``; ``report["exit_code"]`` is what the CLI exits with.
+    An existing report file is not overwritten unless ``force`` (the run is refused, exit 2).
     """
     progress = progress or NullProgress()
     report = _new_report(spec, topology)
@@ -180,16 +161,30 @@ def run_job(
     shm_dir = default_shm_dir()
     prep: Prepared | None = None
     exit_code = 0
-    flag = _StopFlag()
+    flag = StopSignals()
+    path: Path | None = None
+    keep_existing = False  # the target exists and we were not asked to overwrite it: write nothing
     try:
         with flag:
             prep = prepare(spec, topology, spec_dir)
+            if write:
+                path = report_path_for(spec, report_path, len(prep.plan.workers), prep.plan.policy)
+                try:
+                    _check_report_target(path, report_path or spec.report, force)
+                except SpecError:
+                    keep_existing = True
+                    raise
             report["data"] = prep.data.to_dict()
             report["plan"] = prep.plan.to_dict()
             report["warnings"].extend(prep.plan.warnings)
             _check_runnable_here(prep)
-            _check_shm_space(prep.data.nbytes, shm_dir)
-            seg = Segment.create(prep.data.nbytes, shm_dir)
+            for line in sweep_stale_segments(shm_dir):
+                progress.phase(line)
+                report["warnings"].append(line)
+            check_fits(prep.data.nbytes, shm_dir)
+            # Layout: the array from offset 0, padded to a page, then one control slot per worker.
+            ctl_offset = -(-prep.data.nbytes // PAGE) * PAGE
+            seg = Segment.create(ctl_offset + ctl_bytes(len(prep.plan.workers)), shm_dir)
             report["segment"] = {"name": seg.name, "dir": shm_dir, "size_bytes": seg.size}
             env = thread_env(spec.threads_per_worker)
             inits = [
@@ -207,10 +202,18 @@ def run_job(
                     kernel=spec.kernel,
                     accumulate=spec.accumulate,
                     search_path=prep.search_path,
+                    segment_size=seg.size,
+                    ctl_offset=ctl_offset,
                 )
                 for w in prep.plan.workers
             ]
-            pool = Pool(inits, spec.start_method, spec.timeout_s, stop_flag=flag)
+            pool = Pool(
+                inits,
+                spec.start_method,
+                spec.timeout_s,
+                stop_flag=flag,
+                ctl=seg.view(np.int64, (len(inits), CTL_FIELDS), ctl_offset),
+            )
             progress.phase(f"starting {len(inits)} workers ({spec.start_method})")
             t0 = time.perf_counter()
             hello = pool.start(env)
@@ -243,31 +246,33 @@ def run_job(
             progress.phase_done("load", timings["load_s"])
             for w, ld in zip(workers, loads):
                 w["load_s"] = ld["seconds"]
-                w["populated"] = ld["populated"]
+                w["reserved_by"] = ld["reserved_by"]
                 w["pages"] = ld["pages"]
             report["pages"] = _pages_by_partition(prep.plan, loads)
 
             n_rounds = spec.warmup + spec.repeats
             progress.start_rounds(n_rounds, spec.warmup)
-            walls: list[float] = []
             last_states: list[tuple[int, Any]] = []
             for w in workers:
                 w["repeat_s"], w["chunk_s"], w["cpus_ran_on"] = [], [], set()
+            # Filled as rounds finish, so an interrupted run still reports the repeats it did.
+            timings["warmup_s"], timings["repeat_s"] = [], []
             for r in range(n_rounds):
                 flag.check()
                 wall, replies = pool.run_round(r)
                 progress.round_done(r, wall)
-                walls.append(wall)
+                timings["warmup_s" if r < spec.warmup else "repeat_s"].append(wall)
                 if r >= spec.warmup:
                     for w, rep in zip(workers, replies):
                         w["repeat_s"].append(sum(rep["seconds"]))
                         w["chunk_s"].append(rep["seconds"])
-                        w["cpus_ran_on"].add(rep["cpu"])
+                        w["cpus_ran_on"].update(rep["cpus"])
                 if r == n_rounds - 1:
                     last_states = [
                         (c[0], s) for w, rep in zip(prep.plan.workers, replies) for c, s in zip(w.chunks, rep["states"])
                     ]
             progress.close()
+            flag.check()  # a signal during the last repeat still stops the run
             # The launcher has not touched the array yet: its peak RSS here shows that no
             # second copy of the data was made (file data goes straight into shared memory).
             report["memory"] = {
@@ -276,9 +281,6 @@ def run_job(
             }
             for w in workers:
                 w["cpus_ran_on"] = sorted(w["cpus_ran_on"])
-            timings["warmup_s"] = walls[: spec.warmup]
-            timings["repeat_s"] = walls[spec.warmup :]
-            timings["repeat"] = stats(timings["repeat_s"])
 
             # Combine in row order: the result does not depend on which worker answered first.
             kernel = make_kernel(spec.kernel, spec.accumulate, list(prep.search_path))
@@ -295,6 +297,7 @@ def run_job(
             t0 = time.perf_counter()
             pool.close()
             timings["teardown_s"] = time.perf_counter() - t0
+            pool.ctl = None
             pool = None
             result: dict[str, Any] = {"kernel": spec.kernel, "accumulate": spec.accumulate, "value": value}
             if spec.verify:
@@ -325,6 +328,7 @@ def run_job(
                     f"abs error {result.get('abs_error')!r} > tolerance {result.get('tolerance')!r}"
                     + (f" ({detail})" if detail else "")
                 )
+            flag.check()  # ... and one during verification or teardown
             report["status"] = "ok"
     except RunInterrupted as exc:
         report["status"] = "interrupted"
@@ -354,26 +358,28 @@ def run_job(
             t0 = time.perf_counter()
             pool.close()
             timings["teardown_s"] = time.perf_counter() - t0
+            pool.ctl = None  # drop the view so the mapping can be closed
+            pool = None
         if seg is not None:
             seg.close()
             seg.unlink()
         timings["total_s"] = time.perf_counter() - t_start
+        if "repeat_s" in timings:
+            timings["repeat"] = stats(timings["repeat_s"])
         report["timings"] = timings
         if "workers" in report:
             for w in report["workers"]:
                 if isinstance(w.get("cpus_ran_on"), set):
                     w["cpus_ran_on"] = sorted(w["cpus_ran_on"])
         report["exit_code"] = exit_code
-        if write:
-            path = report_path_for(
-                spec,
-                report_path,
-                workers=len(prep.plan.workers) if prep else None,
-                policy=prep.plan.policy if prep else None,
-            )
+        if write and not keep_existing:
+            if path is None:  # the run failed before planning finished
+                path = report_path_for(spec, report_path)
+                if path.exists() and not force:
+                    path = path.with_name(f"{path.stem}.failed-{os.getpid()}{path.suffix}")
             report["report_path"] = str(path)
             try:
-                write_report(report, path)
+                report["report_path"] = str(write_report(report, path, overwrite=force))
             except OSError as exc:
                 report["warnings"].append(f"could not write report {path}: {exc.strerror}")
                 report["report_path"] = None

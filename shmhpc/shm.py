@@ -14,6 +14,7 @@ node), and the random part makes the name unguessable. Files are created with
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -24,7 +25,16 @@ import numpy as np
 
 from .errors import RunError
 
-__all__ = ["Segment", "default_shm_dir", "segment_name", "parse_segment_name", "PREFIX"]
+__all__ = [
+    "Segment",
+    "default_shm_dir",
+    "segment_name",
+    "parse_segment_name",
+    "PREFIX",
+    "StaleSegment",
+    "find_stale",
+    "remove_stale",
+]
 
 PREFIX = "shmhpc-"
 _NAME_RE = re.compile(r"^shmhpc-u(\d+)-p(\d+)-j(\d+)-([0-9a-f]{16})$")
@@ -127,6 +137,12 @@ class Segment:
         count = int(np.prod(shape))
         return np.frombuffer(self._map, dtype=dt, count=count).reshape(shape)
 
+    def view(self, dtype: np.dtype | type | str, shape: tuple[int, ...], offset: int) -> np.ndarray:
+        """A NumPy view of part of the segment starting at byte ``offset``."""
+        if self._map is None:
+            raise RunError(f"segment {self.name} is closed")
+        return np.frombuffer(self._map, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset).reshape(shape)
+
     def populate(self, offset: int, length: int) -> bool:
         """Fault in (allocate) the whole pages inside ``[offset, offset+length)``.
 
@@ -145,10 +161,36 @@ class Segment:
         try:
             self._map.madvise(MADV_POPULATE_WRITE, start, stop - start)
         except OSError as exc:
-            if exc.errno in (22, 38):  # EINVAL/ENOSYS: kernel older than 5.14
+            if exc.errno in (errno.EINVAL, errno.ENOSYS):  # kernel older than 5.14
                 return False
-            raise
+            # ENOMEM, or EFAULT where a plain write would have raised SIGBUS: tmpfs or cgroup full.
+            raise RunError(
+                f"cannot reserve {(stop - start) / 1e6:,.1f} MB of shared memory in {os.path.dirname(self.path)} "
+                f"({exc.strerror}): the filesystem or the memory limit is full; use smaller data or more memory"
+            ) from None
         return True
+
+    def reserve(self, offset: int, length: int) -> str:
+        """Allocate ``[offset, offset+length)`` now, from the calling (pinned) process.
+
+        ``MADV_POPULATE_WRITE`` where the kernel has it, else ``posix_fallocate`` on
+        the file (tmpfs allocates the pages under the caller's memory policy, so
+        either way they land where the owner runs). Returns the method used.
+        Raises ``RunError`` when memory runs out — never a later SIGBUS.
+        """
+        if self.populate(offset, length):
+            return "madvise(MADV_POPULATE_WRITE)"
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.posix_fallocate(fd, offset, length)
+        except OSError as exc:
+            raise RunError(
+                f"cannot reserve {length / 1e6:,.1f} MB of shared memory in {os.path.dirname(self.path)} "
+                f"({exc.strerror}): the filesystem or the memory limit is full; use smaller data or more memory"
+            ) from None
+        finally:
+            os.close(fd)
+        return "posix_fallocate"
 
     def address(self) -> int:
         """Virtual address of the mapping in this process (for page-location queries)."""
@@ -193,3 +235,71 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+# -- leftovers of launchers that died (SIGKILL, node OOM killer) -------------------------
+
+
+@dataclass(frozen=True)
+class StaleSegment:
+    name: str
+    path: str
+    size_bytes: int
+    owner_pid: int
+    slurm_job: int
+    reason: str
+
+
+def _owner_is_gone(pid: int, created: float) -> str | None:
+    """Why the owner of a segment created at ``created`` is dead, or None if it may be alive."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        started = proc.create_time()
+    except psutil.NoSuchProcess:
+        return f"owner pid {pid} is not running"
+    except psutil.Error:
+        return None  # cannot tell (another user's process): leave it alone
+    # A live process with that pid that started after the segment was made is a reused pid.
+    if started > created + 1.0:
+        return f"pid {pid} now belongs to a process started after the segment was created"
+    return None
+
+
+def find_stale(shm_dir: str | None = None) -> list[StaleSegment]:
+    """Segments of ours (this uid) whose launcher is dead. Never another user's, never a live run's."""
+    d = shm_dir or default_shm_dir()
+    uid = os.getuid()
+    out: list[StaleSegment] = []
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return out
+    for name in names:
+        owner = parse_segment_name(name)
+        if owner is None or owner.uid != uid:
+            continue
+        path = os.path.join(d, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if st.st_uid != uid or not os.path.isfile(path) or os.path.islink(path):
+            continue
+        reason = _owner_is_gone(owner.pid, st.st_ctime)
+        if reason:
+            out.append(StaleSegment(name, path, st.st_size, owner.pid, owner.slurm_job, reason))
+    return out
+
+
+def remove_stale(stale: list[StaleSegment]) -> list[StaleSegment]:
+    """Unlink the given stale segments; returns those actually removed."""
+    removed = []
+    for s in stale:
+        try:
+            os.unlink(s.path)
+            removed.append(s)
+        except FileNotFoundError:
+            pass
+    return removed

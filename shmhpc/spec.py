@@ -259,6 +259,13 @@ class JobSpec(_Model):
                 raise ValueError(f"unknown placeholder {{{field}}}; allowed: {allowed}")
             if spec or conv:
                 raise ValueError(f"placeholder {{{field}}} takes no conversion or format spec; allowed: {allowed}")
+        # A spec may come from someone else: it must not climb out of where it is run.
+        if ".." in re.split(r"[/\\]", v):
+            raise ValueError(
+                "'..' is not allowed in a report path (path traversal); use --report PATH to write elsewhere"
+            )
+        if "\x00" in v:
+            raise ValueError("NUL byte in report path")
         return v
 
 

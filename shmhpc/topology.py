@@ -348,7 +348,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
 
 # -- the CPUs this process may use (cgroups, affinity, Slurm) -------------------------
 
-def _cgroup_dir() -> Path | None:
+def cgroup_dir() -> Path | None:
     """This process's cgroup v2 directory, from /proc/self/cgroup (joblib/loky#634)."""
     text = _read(Path("/proc/self/cgroup"))
     if not text:
@@ -369,7 +369,7 @@ def _usable_here(online: list[int]) -> tuple[list[int], str, float | None, list[
         usable &= aff
         sources.append("affinity")
     quota = None
-    cg = _cgroup_dir()
+    cg = cgroup_dir()
     if cg is not None:
         eff = _read(cg / "cpuset.cpus.effective")
         if eff:

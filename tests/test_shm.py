@@ -85,3 +85,11 @@ def test_attach_in_child_leaves_no_tracker_warning(no_leak):
         assert out.stderr == ""
         assert os.path.exists(seg.path)
         assert (seg.array("uint8", (4096,)) == 7).all()
+
+
+def test_reserve_falls_back_to_fallocate(no_leak, monkeypatch):
+    """Kernels without MADV_POPULATE_WRITE still get the pages reserved up front."""
+    with Segment.create(1 << 20) as seg:
+        monkeypatch.setattr(seg, "populate", lambda offset, length: False)
+        assert seg.reserve(0, 1 << 20) == "posix_fallocate"
+        assert os.stat(seg.path).st_blocks * 512 >= 1 << 20

@@ -1,0 +1,51 @@
+"""Stop signals for the launcher: record them, act between units of work, restore handlers after.
+
+SIGINT (Ctrl-C), SIGTERM (``scancel``, the batch system) and SIGUSR1 (Slurm's usual
+``--signal`` warning before the time limit) all mean "stop soon, keep what finished".
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from .errors import RunInterrupted
+
+__all__ = ["STOP_SIGNALS", "StopSignals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignals:
+    """Context manager that records stop signals instead of dying on them (habit 4: restores handlers).
+
+    ``signum`` is the first signal received, ``count`` how many arrived; the
+    caller decides where it is safe to stop (``check``).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+        self._saved: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.count += 1
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            for s in STOP_SIGNALS:
+                self._saved[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._saved.items():
+            signal.signal(s, h)
+        self._saved.clear()
+
+    def check(self) -> None:
+        """Raise ``RunInterrupted`` if a stop signal has arrived."""
+        if self.signum is not None:
+            raise RunInterrupted(self.signum)

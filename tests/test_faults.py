@@ -1,0 +1,289 @@
+"""Every way a run can end leaves nothing behind: faults, signals, dead launchers, full /dev/shm.
+
+These tests really do it: kill workers and launchers with signals, fill a tmpfs, run 200 jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import load_json, our_segments, run_cli
+from test_run import TWO, small_spec
+
+SHM = Path("/dev/shm")
+
+
+def _start(spec: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmhpc", "run", str(spec), *extra],
+        cwd=spec.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+def _wait_for(pred, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _segments_of(pid: int) -> list[str]:
+    return [n for n in our_segments() if f"-p{pid}-" in n]
+
+
+def _workers_of(launcher: int) -> list[psutil.Process]:
+    """Worker processes of a launcher (under forkserver they are the forkserver's children)."""
+    out = []
+    for child in psutil.Process(launcher).children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+            if "forkserver" in cmd and child.ppid() == launcher:
+                continue  # the fork server itself
+            if "resource_tracker" in cmd:
+                continue
+            out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _first_report_repeat(proc: subprocess.Popen, spec_dir: Path) -> None:
+    """Wait until the run is in its repeats (segment exists and workers are up)."""
+    _wait_for(lambda: _segments_of(proc.pid) and len(_workers_of(proc.pid)) >= 1, what="workers")
+    time.sleep(1.0)
+
+
+# -- faults in workers -------------------------------------------------------------------------
+
+
+def test_worker_sigkilled_from_outside_mid_run(tmp_path, no_leak):
+    spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=100, chunks_per_worker=2)
+    proc = _start(spec)
+    try:
+        _first_report_repeat(proc, tmp_path)
+        victim = _workers_of(proc.pid)[-1]
+        t0 = time.monotonic()
+        victim.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert elapsed < 10, f"the run took {elapsed:.1f} s to notice a dead worker"
+    assert f"(pid {victim.pid}) was killed by SIGKILL during repeat" in err
+    assert "chunk rows" in err
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "failed" and "SIGKILL" in rep["error"]
+    # the other workers were stopped too
+    _wait_for(lambda: not _workers_of(proc.pid) if psutil.pid_exists(proc.pid) else True, 10, "workers to exit")
+    for w in rep["workers"]:
+        assert not psutil.pid_exists(w["pid"]) or psutil.Process(w["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+# -- signals to the launcher ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+def test_signal_stops_between_repeats_and_reports_what_finished(sig, tmp_path, no_leak):
+    spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=100, chunks_per_worker=1)
+    proc = _start(spec)
+    try:
+        _first_report_repeat(proc, tmp_path)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "interrupted" and sig.name in rep["error"]
+    done = rep["timings"]["repeat_s"]
+    assert 0 < len(done) < 100, "the repeats that finished are kept"
+    assert rep["timings"]["repeat"]["median"] > 0
+    assert all(len(w["repeat_s"]) == len(done) for w in rep["workers"])
+    assert not _segments_of(proc.pid)
+
+
+def test_second_signal_stops_a_long_repeat_at_once(tmp_path, no_leak):
+    (tmp_path / "k.py").write_text("import time\ndef forever(chunk):\n    time.sleep(60)\n    return 0.0\n")
+    spec = small_spec(tmp_path, kernel="k:forever", repeats=3)
+    proc = _start(spec)
+    try:
+        _first_report_repeat(proc, tmp_path)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert elapsed < 10
+    assert load_json(tmp_path / "reports" / "t.json")["status"] == "interrupted"
+
+
+# -- a launcher that dies without cleaning up ------------------------------------------------------
+
+
+def test_sigkilled_launcher_leftovers_are_found_and_cleaned(tmp_path, no_leak):
+    spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=100)
+    proc = _start(spec)
+    try:
+        _first_report_repeat(proc, tmp_path)
+        left = _segments_of(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert left, "the run had a segment"
+    assert set(left) <= our_segments(), "SIGKILL leaves the segment behind: nothing can run in-process"
+    # orphaned workers notice their launcher is gone and exit
+    _wait_for(lambda: not any("shmhpc" in " ".join(p.cmdline()) for p in _orphans()), 20, "orphaned workers to exit")
+
+    dry = run_cli("clean", "--dry-run")
+    assert dry.returncode == 0
+    assert all(name in dry.stdout for name in left) and "would remove" in dry.stdout
+    assert set(left) <= our_segments(), "--dry-run removes nothing"
+    real = run_cli("clean")
+    assert real.returncode == 0 and "removed" in real.stdout
+    assert not (set(left) & our_segments())
+
+
+def _orphans() -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.ppid() == 1 and "shmhpc" in " ".join(p.info["cmdline"] or []):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _fake_segment(pid: int, uid: int | None = None, size: int = 4096) -> Path:
+    uid = os.getuid() if uid is None else uid
+    path = SHM / f"shmhpc-u{uid}-p{pid}-j0-{os.urandom(8).hex()}"
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_clean_never_touches_live_or_foreign_segments(no_leak):
+    dead = _fake_segment(_dead_pid())
+    live = _fake_segment(os.getpid())
+    foreign = _fake_segment(_dead_pid(), uid=os.getuid() + 4242)
+    other = SHM / f"not-ours-{os.urandom(4).hex()}"
+    other.write_bytes(b"x")
+    try:
+        out = run_cli("clean")
+        assert out.returncode == 0
+        assert not dead.exists()
+        assert live.exists(), "a live owner's segment is never removed"
+        assert foreign.exists(), "another user's segment is never removed"
+        assert other.exists()
+    finally:
+        for p in (dead, live, foreign, other):
+            p.unlink(missing_ok=True)
+
+
+def test_run_sweeps_dead_leftovers_at_start_and_says_so(tmp_path, no_leak):
+    stale = _fake_segment(_dead_pid(), size=1 << 20)
+    out = run_cli("run", str(small_spec(tmp_path)), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not stale.exists()
+    assert f"removed stale segment {stale.name}" in out.stderr
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert any(stale.name in w for w in rep["warnings"])
+
+
+# -- resources -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """An 8 MiB tmpfs standing in for a too-small /dev/shm (Docker's default is 64 MB)."""
+    mnt = tmp_path / "shm"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=1777", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_array_larger_than_shm_fails_before_allocating(tmp_path, small_tmpfs, no_leak):
+    spec = small_spec(tmp_path, data="{size: 4000000, dtype: float32}")  # 16 MB > 8 MiB
+    out = run_cli("run", str(spec), cwd=tmp_path, env={"SHMHPC_SHM_DIR": str(small_tmpfs)})
+    assert out.returncode == 1, out.stderr
+    assert "the array needs 0.016 GB but" in out.stderr and "GB free" in out.stderr
+    assert "--shm-size" in out.stderr and "SIGBUS" not in out.stderr
+    assert os.listdir(small_tmpfs) == []
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "failed" and "GB free" in rep["error"]
+
+
+def test_shm_filled_after_the_check_is_an_error_not_sigbus(tmp_path, small_tmpfs, no_leak, monkeypatch):
+    """If the space goes away between the check and the first touch, the owners' reservation fails cleanly."""
+    import shmhpc
+    from shmhpc import runner
+
+    monkeypatch.setenv("SHMHPC_SHM_DIR", str(small_tmpfs))
+    monkeypatch.setattr(runner, "check_fits", lambda nbytes, d: None)  # as if another job took the space
+    spec = shmhpc.load_spec(small_spec(tmp_path, data="{size: 4000000, dtype: float32}", start_method="spawn"))
+    rep = shmhpc.run_job(spec, shmhpc.read_topology(), write=False)
+    assert rep["status"] == "failed"
+    assert "cannot reserve" in rep["error"] and "full" in rep["error"]
+    assert rep["exit_code"] == 1
+    assert os.listdir(small_tmpfs) == []
+
+
+# -- many runs -----------------------------------------------------------------------------------
+
+
+def test_200_back_to_back_runs_leak_nothing(tmp_path, no_leak):
+    import shmhpc
+
+    spec = shmhpc.load_spec(
+        small_spec(tmp_path, data="{size: 20000, dtype: float32}", repeats=1, warmup=0, workers=2 if TWO else 1)
+    )
+    topo = shmhpc.read_topology()
+    me = psutil.Process()
+
+    def one() -> None:
+        rep = shmhpc.run_job(spec, topo, write=False)
+        assert rep["status"] == "ok", rep["error"]
+
+    for _ in range(10):  # warm up: forkserver, imports, caches
+        one()
+    fds0, rss0 = me.num_fds(), me.memory_info().rss
+    for _ in range(190):
+        one()
+    fds1, rss1 = me.num_fds(), me.memory_info().rss
+    assert not _segments_of(os.getpid())
+    assert fds1 <= fds0, f"open files grew from {fds0} to {fds1}"
+    assert rss1 - rss0 < 16 << 20, f"launcher memory grew by {(rss1 - rss0) >> 20} MiB over 190 runs"
+    assert not me.children(recursive=True) or all(
+        "forkserver" in " ".join(c.cmdline()) or "resource_tracker" in " ".join(c.cmdline())
+        for c in me.children(recursive=True)
+    ), "no worker outlives its run"
