@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of job specs")
     p.set_defaults(func=cmd_schema)
+    from .cli_reports import add_report_commands
+    add_report_commands(sub)
     return parser
 
 

@@ -1,0 +1,149 @@
+"""Command line for reports: ``compare``, ``sweep`` and ``plot``.
+
+``compare`` and ``plot`` read reports only; ``sweep`` runs jobs through ``run_job`` and
+writes one normal report per combination plus a summary. Errors are raised as
+``SpecError`` (exit 2) for bad input and reported by ``shmhpc.cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+
+__all__ = ["add_report_commands", "collect_report_paths"]
+
+
+def collect_report_paths(items: list[str]) -> list[str]:
+    """Files as given; a directory stands for its ``*.json`` reports (not ``sweep.json``, not dotfiles)."""
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.glob("*.json") if f.name != "sweep.json" and not f.name.startswith("."))
+            if not found:
+                raise SpecError(f"{item}: directory holds no report (*.json)")
+            out.extend(found)
+        else:
+            out.append(item)
+    return out
+
+
+def _load_all(paths: list[str]) -> list[tuple[str, dict]]:
+    from .report import load_report
+
+    return [(p, load_report(p)) for p in paths]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_reports, render_json, render_markdown, render_text
+
+    paths = collect_report_paths(args.reports)
+    if len(paths) < 2:
+        raise SpecError("compare: needs at least two reports (the first is the reference)")
+    reports = _load_all(paths)
+    labels = args.labels.split(",") if args.labels is not None else None
+    cmp = compare_reports(reports, labels=labels, force=args.force)
+    if args.json:
+        print(render_json(cmp))
+    elif args.markdown:
+        print(render_markdown(cmp))
+    else:
+        print(render_text(cmp))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep, text_summary
+
+    summary, code = run_sweep(
+        args.spec, args.vary, args.out, base_overrides=args.set, quiet=args.quiet, force=args.force
+    )
+    print(text_summary(summary))
+    print(f"summary: {Path(summary['out']) / 'sweep.json'}, {Path(summary['out']) / 'sweep.md'}")
+    if summary["status"] == "interrupted":
+        print("error: sweep interrupted; finished reports and the summary are kept", file=sys.stderr)
+    elif code:
+        print("error: some runs failed; see the summary", file=sys.stderr)
+    return code
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_scaling, plot_timeline, require_matplotlib
+
+    require_matplotlib()  # fail on a missing matplotlib before reading anything
+    reports = _load_all(collect_report_paths(args.reports))
+    kind = args.kind
+    if kind == "auto":
+        kind = "timeline" if len(reports) == 1 else "scaling"
+    notes: list[str] = []
+    if kind in ("scaling", "both"):
+        notes += plot_scaling(reports, args.output, force=args.force)
+        print(f"wrote {args.output} (GB/s against workers, {len(reports)} reports)")
+    if kind in ("timeline", "both"):
+        out = args.output if kind == "timeline" else _suffixed(args.output, "-timeline")
+        notes += plot_timeline(reports, out, force=args.force)
+        print(f"wrote {out} (per-worker timeline, {len(reports)} report{'s' * (len(reports) != 1)})")
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    return 0
+
+
+def _suffixed(path: str, extra: str) -> str:
+    p = Path(path)
+    return str(p.with_name(p.stem + extra + p.suffix))
+
+
+def add_report_commands(sub: Any) -> None:
+    """Add ``compare``, ``sweep`` and ``plot`` to the ``shmhpc`` subparsers."""
+    p = sub.add_parser(
+        "compare",
+        help="compare reports: is the difference real, what differed, where workers ran",
+        description="The first report is the reference. Each metric is shown as "
+        "'[ref] X ± s -> [run] Y ± s: 1.33x faster' with Welch's t-test (two-sided, alpha 0.05) on the "
+        "per-repeat values. Reports from different hosts, CPU models, data or kernels, or whose status is "
+        "not ok, are refused unless --force.",
+    )
+    p.add_argument("reports", nargs="+", metavar="REPORT",
+                   help="report files (JSON), or directories of reports; the first is the reference")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable comparison")
+    fmt.add_argument("--markdown", action="store_true", help="Markdown tables, for pasting into docs")
+    p.add_argument("--labels", metavar="A,B,…", help="labels for the reports, in order (default: pinning policy)")
+    p.add_argument("--force", action="store_true", help="compare even reports that should not be compared")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run every combination of varied spec fields; one report each plus a summary",
+        description="Each --vary KEY=V1,V2 is one axis (KEY a dotted spec field, values parsed as YAML, "
+        "commas inside brackets kept); every combination runs as a normal job writing DIR/NNN-….json, and "
+        "DIR/sweep.json + DIR/sweep.md summarize the sweep after every run. Combinations impossible on this "
+        "machine are skipped with the reason. Ctrl-C or SIGTERM stops after keeping what finished.",
+    )
+    p.add_argument("spec", help="YAML job spec")
+    p.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+                   help="an axis, e.g. pinning=none,compact or numa.partition=true,false (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field in every run")
+    p.add_argument("--out", metavar="DIR", help="where reports and summary go (default sweeps/NAME-TIMESTAMP)")
+    p.add_argument("--force", action="store_true", help="reuse a DIR that already holds a sweep")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "plot",
+        help="plot reports: GB/s against workers per pinning policy, or per-worker timelines",
+        description="With several reports (or a sweep directory): GB/s against workers, one line per "
+        "pinning policy. With one report: a per-worker timeline of its last repeat. --kind picks "
+        "explicitly; 'both' writes the timeline to OUT-timeline.EXT beside OUT. Needs matplotlib "
+        "(pip install 'shmhpc[plot]').",
+    )
+    p.add_argument("reports", nargs="+", metavar="DIR-or-REPORT", help="report files, or directories of reports")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="image to write (.png, .svg, .pdf)")
+    p.add_argument("--kind", choices=["auto", "scaling", "timeline", "both"], default="auto",
+                   help="auto: scaling for several reports, timeline for one")
+    p.add_argument("--force", action="store_true", help="draw reports from different hosts/data/kernels together")
+    p.set_defaults(func=cmd_plot)

@@ -1,0 +1,591 @@
+"""Compare loaded reports: is the difference real, what differed, and where the workers really ran.
+
+Pure: takes report dicts (already read by :func:`shmhpc.report.load_report`), returns a
+:class:`Comparison` and renders it as a terminal table, Markdown or JSON. Runs nothing.
+
+The first report is the reference. For each metric the center is the **median** of the
+per-repeat values (robust to one slow repeat), ``±`` is their sample standard deviation,
+and whether a difference is real is decided by **Welch's t-test** (two-sided, α = 0.05) on
+the raw per-repeat values, computed by hand in :mod:`shmhpc.significance` (no scipy). The
+ratio ("1.33x faster") is that of the medians; for times lower is better, for GB/s higher.
+Single-value metrics (the cold end-to-end time, the load time) get no test.
+
+Timings from different hosts, CPU models, data or kernels say nothing about pinning: such
+reports are refused unless ``force`` (then every reason becomes a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .cpulist import format_cpulist
+from .errors import SpecError
+from .report import check_run_report
+from .significance import ALPHA, TTest, welch_test
+from .tables import markdown_table, text_table
+
+__all__ = [
+    "ALPHA",
+    "Comparison",
+    "compare_reports",
+    "run_settings",
+    "refusals",
+    "make_labels",
+    "render_text",
+    "render_markdown",
+    "render_json",
+]
+
+NOISY_CV = 0.10  # stdev ≥ 10 % of the mean: the machine was busy or the run too short
+MIN_REPEATS = 5  # fewer and the test has little power (pyperf warns below a similar count)
+
+
+# -- reading the parts of a report we need (one-line errors for malformed files) ---------------
+
+
+def _dig(report: dict, dotted: str, source: str) -> Any:
+    cur: Any = report
+    for part in dotted.split("."):
+        if cur is None:
+            return None
+        if not isinstance(cur, dict):
+            raise SpecError(f"{source}: malformed report: {dotted.rsplit('.', 1)[0]} is not an object")
+        cur = cur.get(part)
+    return cur
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(report: dict, dotted: str, source: str) -> list[float]:
+    v = _dig(report, dotted, source)
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(_is_num(x) for x in v):
+        raise SpecError(f"{source}: malformed report: {dotted} is not a list of finite numbers")
+    return [float(x) for x in v]
+
+
+def _number(report: dict, dotted: str, source: str) -> float | None:
+    v = _dig(report, dotted, source)
+    if v is None:
+        return None
+    if not _is_num(v):
+        raise SpecError(f"{source}: malformed report: {dotted} is not a number ({v!r})")
+    return float(v)
+
+
+def _cpus(v: Any, what: str, source: str) -> list[int]:
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in v):
+        raise SpecError(f"{source}: malformed report: {what} is not a list of CPU ids")
+    return sorted(v)
+
+
+def _workers(report: dict, source: str) -> list[dict]:
+    ws = report.get("workers")
+    if ws is None:
+        return []
+    if not isinstance(ws, list) or not all(isinstance(w, dict) for w in ws):
+        raise SpecError(f"{source}: malformed report: workers is not a list of objects")
+    return ws
+
+
+def _policy(report: dict, source: str) -> str:
+    p = _dig(report, "plan.policy", source)
+    if p is None:
+        p = _dig(report, "job.pinning", source)
+    if isinstance(p, list):
+        return "explicit"
+    return str(p) if p is not None else "?"
+
+
+def _placement_text(report: dict, source: str) -> str | None:
+    plan_workers = _dig(report, "plan.workers", source)
+    if not isinstance(plan_workers, list):
+        return None
+    return " / ".join(format_cpulist(_cpus(w.get("cpus") if isinstance(w, dict) else None, "plan.workers[].cpus",
+                                           source)) for w in plan_workers)
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def run_settings(report: dict, source: str = "report") -> dict[str, Any]:
+    """The settings that may legitimately differ between compared runs, as short display values."""
+    job, host, data = (_obj(report.get(k)) for k in ("job", "host", "data"))
+    env = _obj(host.get("env"))
+    plan_workers = _dig(report, "plan.workers", source)
+    pinned = _dig(report, "plan.pinned", source)
+    return {
+        "pinning": _policy(report, source),
+        "pinned": None if pinned is None else ("yes" if pinned else "no"),
+        "workers": len(plan_workers) if isinstance(plan_workers, list) else job.get("workers"),
+        "threads_per_worker": job.get("threads_per_worker"),
+        "placement": _placement_text(report, source),
+        "start_method": job.get("start_method"),
+        "numa.partition": _dig(report, "job.numa.partition", source),
+        "chunks_per_worker": job.get("chunks_per_worker"),
+        "accumulate": job.get("accumulate"),
+        "repeats": job.get("repeats"),
+        "warmup": job.get("warmup"),
+        "data source": " ".join(str(x) for x in (data.get("source"), data.get("distribution"), data.get("path"),
+                                                 f"seed {data.get('seed')}") if x is not None) or None,
+        "thread env": " ".join(f"{k}={v}" for k, v in sorted(env.items())) or "-",
+        "os kernel": host.get("kernel"),
+        "python": host.get("python"),
+        "numpy": host.get("numpy"),
+        "shmhpc": host.get("shmhpc"),
+    }
+
+
+# Short forms used to tell apart runs that share a pinning policy: "[compact w=4]".
+LABEL_KEYS = {
+    "workers": "w=",
+    "threads_per_worker": "t=",
+    "start_method": "",
+    "numa.partition": "partition=",
+    "chunks_per_worker": "chunks=",
+    "accumulate": "acc=",
+    "repeats": "repeats=",
+    "placement": "cpus=",
+}
+
+
+def make_labels(settings: list[dict[str, Any]], labels: list[str] | None = None) -> list[str]:
+    """Labels for runs: the pinning policy, plus what else differs when two runs share a policy."""
+    if labels is not None:
+        if len(labels) != len(settings):
+            raise SpecError(f"--labels: {len(labels)} labels for {len(settings)} reports; give one per report")
+        if any(not x.strip() for x in labels):
+            raise SpecError("--labels: empty label; give one non-empty label per report, separated by commas")
+        return [x.strip() for x in labels]
+    out = [str(s["pinning"]) for s in settings]
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(out):
+        groups.setdefault(lab, []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        diff = [k for k in LABEL_KEYS if len({repr(settings[i][k]) for i in members}) > 1]
+        if len({tuple(repr(settings[i][k]) for k in diff if k != "placement") for i in members}) == len(members):
+            diff = [k for k in diff if k != "placement"]  # the CPU sets only when nothing else tells runs apart
+        for i in members:
+            extra = " ".join(f"{LABEL_KEYS[k]}{_fmt_setting(settings[i][k])}" for k in diff)
+            out[i] = f"{out[i]} {extra}".strip()
+    seen: dict[str, int] = {}
+    for lab in out:
+        seen[lab] = seen.get(lab, 0) + 1
+    counter: dict[str, int] = {}
+    for i, lab in enumerate(out):
+        if seen[lab] > 1:  # identical settings (the same spec run twice): number them
+            counter[lab] = counter.get(lab, 0) + 1
+            out[i] = f"{lab} #{counter[lab]}"
+    return out
+
+
+def _fmt_setting(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+# -- refusal rules ---------------------------------------------------------------------------
+
+_INVARIANTS = (
+    ("host.hostname", "hosts", "timings from different machines say nothing about pinning"),
+    ("host.cpu_model", "CPU models", "different CPUs run at different speeds"),
+    ("data.nbytes", "data sizes", "bandwidth and time depend on how much data is read"),
+    ("data.shape", "data shapes", "the array is partitioned differently"),
+    ("data.dtype", "dtypes", "a different dtype is a different amount and kind of work"),
+    ("job.kernel", "kernels", "a different kernel is a different computation"),
+)
+
+
+def refusals(reports: list[tuple[str, dict]]) -> list[str]:
+    """Why these reports must not be compared (empty when they may): one line per reason."""
+    out = []
+    for dotted, what, why in _INVARIANTS:
+        values = [_dig(r, dotted, src) for src, r in reports]
+        groups: dict[str, list[str]] = {}
+        for (src, _), v in zip(reports, values):
+            groups.setdefault(_fmt_setting(v), []).append(src)
+        if len(groups) > 1:
+            listed = "; ".join(f"{v} in {', '.join(srcs)}" for v, srcs in groups.items())
+            out.append(f"different {what} ({dotted}): {listed}; {why}")
+    for src, r in reports:
+        status = r.get("status")
+        if status != "ok":
+            err = r.get("error")
+            out.append(f"{src} has status {status!r}, not 'ok'" + (f" ({err})" if err else "")
+                       + "; its numbers are incomplete")
+    return out
+
+
+# -- the comparison model ---------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One metric of one run."""
+
+    values: list[float]
+    center: float | None  # median of values, or the single value
+    stdev: float | None  # None for single values
+    mean: float | None
+    n: int
+
+
+@dataclass
+class Change:
+    """One run's metric against the reference's."""
+
+    label: str
+    ratio: float | None  # ≥ 1; how many times faster or slower
+    direction: str  # "faster" | "slower" | "no change" | "n/a"
+    test: TTest | None
+    verdict: str  # "1.33x faster (p = 0.002)", "1.02x slower, not significant (p = 0.41)", …
+
+
+@dataclass
+class Metric:
+    key: str
+    title: str
+    unit: str  # "s" or "GB/s"
+    better: str  # "lower" | "higher"
+    single: bool  # a single value per run: no test
+    samples: list[Sample]
+    changes: list[Change | None]  # None for the reference
+
+
+@dataclass
+class WorkerPlace:
+    rank: Any
+    cpus_requested: str
+    cpus_observed: str
+    cpus_ran_on: str
+    node: Any
+
+
+@dataclass
+class Run:
+    label: str
+    path: str
+    name: str
+    status: str
+    started_at: str | None
+    settings: dict[str, Any]
+    pinned: bool | None
+    placement_ok: bool
+    placement_verdict: str
+    workers: list[WorkerPlace]
+    pages: list[str]
+
+
+@dataclass
+class Comparison:
+    runs: list[Run]
+    same: dict[str, str]
+    differs: dict[str, list[str]]
+    metrics: list[Metric]
+    warnings: list[str] = field(default_factory=list)
+    alpha: float = ALPHA
+    method: str = "center = median, ± = sample stdev; Welch's t-test, two-sided, on the raw per-repeat values"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "shmhpc-compare"
+        d["reference"] = self.runs[0].label
+        return d
+
+
+def _placement(report: dict, source: str) -> tuple[bool | None, bool, str, list[WorkerPlace], list[str]]:
+    pinned_raw = _dig(report, "plan.pinned", source)
+    pinned = None if pinned_raw is None else bool(pinned_raw)
+    places: list[WorkerPlace] = []
+    bad: list[str] = []
+    union: set[int] = set()
+    ran_union: set[int] = set()
+    for w in _workers(report, source):
+        req = _cpus(w.get("cpus_requested"), "workers[].cpus_requested", source)
+        obs = _cpus(w.get("cpus_observed"), "workers[].cpus_observed", source)
+        ran = _cpus(w.get("cpus_ran_on"), "workers[].cpus_ran_on", source)
+        union |= set(obs)
+        ran_union |= set(ran)
+        places.append(WorkerPlace(w.get("rank"), format_cpulist(req), format_cpulist(obs), format_cpulist(ran),
+                                  w.get("node")))
+        if pinned and (obs != req or not set(ran) <= set(req)):
+            bad.append(f"rank {w.get('rank')} asked {format_cpulist(req)}, observed {format_cpulist(obs)}, "
+                       f"ran on {format_cpulist(ran) or '-'}")
+    pages = []
+    for p in _dig(report, "pages.partitions", source) or []:
+        if isinstance(p, dict) and _is_num(p.get("fraction_on_node")):
+            pages.append(f"rows {p.get('start')}-{p.get('stop')}: {p['fraction_on_node']:.0%} of sampled pages "
+                         f"on node {p.get('node')}")
+    if not places:
+        return pinned, False, f"no worker placement recorded (status {report.get('status')})", places, pages
+    if pinned:
+        if bad:
+            return pinned, False, "WARNING: pinned, but not where asked: " + "; ".join(bad), places, pages
+        return pinned, True, "pinned: every worker ran only on its own CPUs", places, pages
+    if pinned is None:
+        return pinned, False, "placement unknown (no plan in the report)", places, pages
+    verdict = f"unpinned: workers could run on {format_cpulist(sorted(union))}"
+    if ran_union:
+        verdict += f" (seen on {format_cpulist(sorted(ran_union))} when sampled)"
+    if len(union) == 1:
+        verdict += "; only one CPU was usable, so they shared it"
+    return pinned, True, verdict, places, pages
+
+
+def _metric_values(report: dict, source: str) -> dict[str, list[float]]:
+    total = _number(report, "timings.total_s", source)
+    load = _number(report, "timings.load_s", source)
+    return {
+        "repeat": _numbers(report, "timings.repeat_s", source),
+        "gbps": _numbers(report, "bandwidth.gbps_per_repeat", source),
+        "total": [total] if total is not None else [],
+        "load": [load] if load is not None else [],
+    }
+
+
+_METRICS = (
+    # key, title, unit, better, single
+    ("repeat", "compute time per repeat", "s", "lower", False),
+    ("gbps", "bandwidth", "GB/s", "higher", False),
+    ("total", "cold end-to-end time", "s", "lower", True),
+    ("load", "load time", "s", "lower", True),
+)
+
+
+def _sample(values: list[float], single: bool) -> Sample:
+    if not values:
+        return Sample(values=[], center=None, stdev=None, mean=None, n=0)
+    return Sample(
+        values=values,
+        center=statistics.median(values),
+        stdev=None if single else (statistics.stdev(values) if len(values) > 1 else 0.0),
+        mean=statistics.fmean(values),
+        n=len(values),
+    )
+
+
+def _change(label: str, ref: Sample, other: Sample, better: str, single: bool) -> Change:
+    if ref.center is None or other.center is None or ref.center <= 0 or other.center <= 0:
+        return Change(label, None, "n/a", None, "no value to compare")
+    lower_is_better = better == "lower"
+    improved = other.center < ref.center if lower_is_better else other.center > ref.center
+    ratio = max(ref.center, other.center) / min(ref.center, other.center)
+    direction = "no change" if ref.center == other.center else ("faster" if improved else "slower")
+    head = "no change" if direction == "no change" else f"{ratio:.2f}x {direction}"
+    if single:
+        return Change(label, ratio, direction, None, f"{head} (single value, no test)")
+    test = welch_test(ref.values, other.values)
+    if test is None:
+        return Change(label, ratio, direction, None, f"{head} (no test: fewer than 2 repeats)")
+    p = _fmt_p(test.p)
+    if test.significant:
+        return Change(label, ratio, direction, test, f"{head} (p {p})")
+    return Change(label, ratio, direction, test, f"{head}, not significant (p {p})")
+
+
+def _fmt_p(p: float) -> str:
+    if p < 0.001:
+        return "< 0.001"
+    return f"= {p:.3f}" if p < 0.1 else f"= {p:.2f}"
+
+
+def _same_text(reports: list[tuple[str, dict]]) -> dict[str, str]:
+    src, r = reports[0]
+    shape = _dig(r, "data.shape", src)
+    nbytes = _number(r, "data.nbytes", src)
+    kernel = _dig(r, "job.kernel", src)
+    out = {
+        "host": f"{_dig(r, 'host.hostname', src)} ({_dig(r, 'host.cpu_model', src)})",
+        "data": (f"{'×'.join(str(x) for x in shape) if isinstance(shape, list) else shape} "
+                 f"{_dig(r, 'data.dtype', src)}" + (f" = {nbytes / 1e6:,.1f} MB" if nbytes is not None else "")),
+        "kernel": str(kernel),
+    }
+    return out
+
+
+def compare_reports(
+    reports: list[tuple[str, dict]], *, labels: list[str] | None = None, force: bool = False
+) -> Comparison:
+    """Compare ``(source, report)`` pairs; the first is the reference.
+
+    Raises ``SpecError`` listing every reason the reports must not be compared
+    (different host, CPU model, data or kernel; a status that is not ``ok``) unless
+    ``force``, and for malformed reports (one line naming the file and the field).
+    """
+    if len(reports) < 2:
+        raise SpecError("compare: needs at least two reports (the first is the reference)")
+    for src, r in reports:
+        check_run_report(src, r)
+    settings = [run_settings(r, src) for src, r in reports]
+    values = [_metric_values(r, src) for src, r in reports]
+    placements = [_placement(r, src) for src, r in reports]
+    why_not = refusals(reports)
+    if why_not and not force:
+        raise SpecError([f"compare: {m}" for m in why_not]
+                        + ["compare: refusing to compare these reports; add --force to compare anyway"])
+    lab = make_labels(settings, labels)
+    warnings = [f"forced: {m}" for m in why_not]
+    runs = []
+    for (src, r), s, lb, pl in zip(reports, settings, lab, placements):
+        pinned, ok, verdict, places, pages = pl
+        runs.append(Run(label=lb, path=src, name=str(_dig(r, "job.name", src)), status=str(r.get("status")),
+                        started_at=r.get("started_at"), settings=s, pinned=pinned, placement_ok=ok,
+                        placement_verdict=verdict, workers=places, pages=pages))
+        if pinned and not ok:
+            warnings.append(f"[{lb}] {verdict}")
+    metrics = []
+    for key, title, unit, better, single in _METRICS:
+        samples = [_sample(v[key], single) for v in values]
+        changes: list[Change | None] = [None] + [
+            _change(lab[i], samples[0], samples[i], better, single) for i in range(1, len(reports))
+        ]
+        metrics.append(Metric(key, title, unit, better, single, samples, changes))
+    for i, lb in enumerate(lab):
+        noisy = [
+            f"{smp.stdev / abs(smp.mean):.0%} of the mean {m.title}"
+            for m in metrics
+            for smp in [m.samples[i]]
+            if not m.single and smp.n > 1 and smp.mean and smp.stdev is not None
+            and smp.stdev >= NOISY_CV * abs(smp.mean)
+        ]
+        if noisy:
+            warnings.append(f"[{lb}] noisy: the stdev is {' and '.join(noisy)} (≥ {NOISY_CV:.0%}); the machine was "
+                            "busy or the repeats too short: use more repeats, more data, or a quieter machine")
+    for lb, v in zip(lab, values):
+        n = len(v["repeat"])
+        if n < MIN_REPEATS:
+            warnings.append(f"[{lb}] only {n} repeat{'s' * (n != 1)} (< {MIN_REPEATS}): too few for the test to "
+                            f"tell a real difference from noise; set repeats: {MIN_REPEATS} or more")
+    keys = list(settings[0])
+    differs = {k: [_fmt_setting(s[k]) for s in settings] for k in keys
+               if len({_fmt_setting(s[k]) for s in settings}) > 1}
+    for dotted, _what, _why in _INVARIANTS:  # forced comparisons show the forbidden differences too
+        vals = [_fmt_setting(_dig(r, dotted, src)) for src, r in reports]
+        if len(set(vals)) > 1:
+            differs[dotted] = vals
+    return Comparison(runs=runs, same={} if why_not else _same_text(reports), differs=differs, metrics=metrics,
+                      warnings=warnings)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _time_unit(s: float) -> tuple[float, str]:
+    if s < 1e-3:
+        return 1e6, "µs"
+    if s < 1:
+        return 1e3, "ms"
+    return 1.0, "s"
+
+
+def format_value(sample: Sample, unit: str) -> str:
+    """``41.20 ms ± 1.30`` (stdev in the center's unit), ``4.64 GB/s ± 0.77``, ``974.13 ms``."""
+    if sample.center is None:
+        return "-"
+    if unit == "s":
+        factor, u = _time_unit(sample.center)
+    else:
+        factor, u = 1.0, unit
+    text = f"{sample.center * factor:.2f} {u}"
+    if sample.stdev is not None:
+        text += f" ± {sample.stdev * factor:.2f}"
+    return text
+
+
+def _worker_line(w: WorkerPlace) -> str:
+    return (f"rank {w.rank}: cpus {w.cpus_observed or '-'} (asked {w.cpus_requested or '-'}), "
+            f"ran on {w.cpus_ran_on or '-'}, node {'-' if w.node is None else w.node}")
+
+
+def render_text(cmp: Comparison) -> str:
+    """The readable terminal form: one aligned row per metric and run, ``[a] X -> [b] Y: 1.33x faster``."""
+    ref = cmp.runs[0]
+    out = [f"reference: [{ref.label}] {ref.path} ({ref.name}, {ref.status})"]
+    for r in cmp.runs[1:]:
+        out.append(f"     vs    [{r.label}] {r.path} ({r.name}, {r.status})")
+    if cmp.same:
+        out.append("same in every run: " + ", ".join(f"{k} {v}" for k, v in cmp.same.items()))
+    if cmp.differs:
+        out.append("what differs:")
+        out.append(text_table(["setting"] + [f"[{r.label}]" for r in cmp.runs],
+                              [[k, *v] for k, v in cmp.differs.items()], indent="  "))
+    else:
+        out.append("what differs: nothing in the recorded settings (the same job run again)")
+    out.append("")
+    out.append(f"results (median ± stdev over repeats; Welch's t-test, two-sided, α = {cmp.alpha}):")
+    rows = []
+    for m in cmp.metrics:
+        ref_cell = f"[{ref.label}] {format_value(m.samples[0], m.unit)}"
+        for i, r in enumerate(cmp.runs[1:], start=1):
+            ch = m.changes[i]
+            rows.append([m.title if i == 1 else "", ref_cell, "->",
+                         f"[{r.label}] {format_value(m.samples[i], m.unit)}:", ch.verdict if ch else ""])
+    out.append(text_table(["metric", "reference", "", "run", "change"], rows, indent="  "))
+    out.append("")
+    out.append("where the workers ran (cpus = observed inside the worker; ran on = sampled each repeat):")
+    for r in cmp.runs:
+        out.append(f"  [{r.label}] {r.placement_verdict}")
+        for w in r.workers:
+            out.append(f"    {_worker_line(w)}")
+        for p in r.pages:
+            out.append(f"    pages: {p}")
+    if cmp.warnings:
+        out.append("")
+        out.append("warnings:")
+        out.extend(f"  {w}" for w in cmp.warnings)
+    return "\n".join(out)
+
+
+def render_markdown(cmp: Comparison) -> str:
+    """Markdown tables for docs: runs, what differs, results, placement; warnings as a list."""
+    ref = cmp.runs[0]
+    parts = [markdown_table(["run", "report", "job", "status"],
+                            [[f"[{r.label}]" + (" (reference)" if i == 0 else ""), f"`{r.path}`", r.name, r.status]
+                             for i, r in enumerate(cmp.runs)])]
+    if cmp.same:
+        parts.append("Same in every run: " + ", ".join(f"{k} {v}" for k, v in cmp.same.items()) + ".")
+    if cmp.differs:
+        parts.append(markdown_table(["setting"] + [f"[{r.label}]" for r in cmp.runs],
+                                    [[k, *v] for k, v in cmp.differs.items()]))
+    headers = ["metric", f"[{ref.label}]"]
+    for r in cmp.runs[1:]:
+        headers += [f"[{r.label}]", f"[{r.label}] vs [{ref.label}]"]
+    rows = []
+    for m in cmp.metrics:
+        row = [m.title, format_value(m.samples[0], m.unit)]
+        for i in range(1, len(cmp.runs)):
+            ch = m.changes[i]
+            row += [format_value(m.samples[i], m.unit), ch.verdict if ch else ""]
+        rows.append(row)
+    parts.append(markdown_table(headers, rows)
+                 + f"\n\nMedian ± stdev over repeats; Welch's t-test, two-sided, α = {cmp.alpha}.")
+    prow = []
+    for r in cmp.runs:
+        for w in r.workers:
+            prow.append([f"[{r.label}]", str(w.rank), w.cpus_requested, w.cpus_observed, w.cpus_ran_on,
+                         "-" if w.node is None else str(w.node)])
+    verdicts = "\n".join(f"- [{r.label}] {r.placement_verdict}" for r in cmp.runs)
+    parts.append(markdown_table(["run", "rank", "cpus asked", "cpus observed", "ran on", "node"], prow)
+                 + "\n\n" + verdicts)
+    if cmp.warnings:
+        parts.append("Warnings:\n\n" + "\n".join(f"- {w}" for w in cmp.warnings))
+    return "\n\n".join(parts)
+
+
+def render_json(cmp: Comparison) -> str:
+    return json.dumps(cmp.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,422 @@
+"""Sweeps: run every combination of varied spec fields, one normal run and report each.
+
+``--vary pinning=none,compact --vary workers=1,2,4`` is the cartesian product of the
+axes, in the order given (the first axis varies slowest). Each value is parsed as YAML,
+exactly as ``--set`` parses it, so ``true``, ``4`` and ``[[0],[1]]`` work; values are
+separated by commas outside brackets and quotes.
+
+Every combination is loaded and planned before anything runs: a value the spec refuses
+(``workers=0``) is bad input and stops the sweep before it starts (exit 2); a combination
+this machine cannot run (more workers than usable CPUs) is *skipped* with the planner's
+reason. The summary (``sweep.json`` and ``sweep.md``) is rewritten after every run, so
+an interrupted sweep (SIGINT/SIGTERM: the current run stops, its report says
+``interrupted``) keeps every finished report and the summary of what finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from .errors import SpecError
+from .progress import NullProgress
+from .report import now_stamp, write_report
+from .signals import StopSignals
+from .tables import markdown_table, text_table
+
+__all__ = ["SWEEP_VERSION", "parse_vary", "combinations", "run_sweep", "SweepProgress", "summary_rows"]
+
+SWEEP_VERSION = 1
+
+
+# -- axes and combinations -------------------------------------------------------------------
+
+
+def _split_values(text: str) -> list[str]:
+    """Split on commas that are not inside brackets, braces or quotes."""
+    parts: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur).strip())
+    return parts
+
+
+def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
+    """``["pinning=none,compact", "workers=1,2"]`` → ``[("pinning", ["none", "compact"]), ("workers", ["1", "2"])]``.
+
+    Values stay YAML text (the spec loader parses them); raises ``SpecError`` listing every
+    malformed item.
+    """
+    axes: list[tuple[str, list[str]]] = []
+    errors = []
+    for item in items:
+        key, sep, rest = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(key.split(".")):
+            errors.append(f"--vary: {item!r} is not key=v1,v2,… (e.g. workers=1,2,4 or numa.partition=true,false)")
+            continue
+        values = _split_values(rest)
+        if any(v == "" for v in values):
+            errors.append(f"--vary {key}: empty value in {rest!r}; separate values with single commas")
+            continue
+        if any(k == key for k, _ in axes):
+            errors.append(f"--vary {key}: given twice; list all its values in one --vary")
+            continue
+        axes.append((key, values))
+    if errors:
+        raise SpecError(errors)
+    if not axes:
+        raise SpecError("--vary: nothing to vary; give at least one --vary key=v1,v2")
+    return axes
+
+
+def combinations(axes: list[tuple[str, list[str]]]) -> list[list[str]]:
+    """The cartesian product as lists of ``key=value`` overrides, first axis slowest."""
+    keys = [k for k, _ in axes]
+    return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*(vs for _, vs in axes))]
+
+
+def _slug(overrides: list[str], limit: int = 80) -> str:
+    """``["pinning=[[0],[1]]", "workers=2"]`` → ``pinning-0_1_workers-2``: safe in a file name."""
+
+    def clean(x: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.-]+", "_", x).strip("_.")
+
+    text = "_".join(f"{clean(k)}-{clean(v)}" for k, _, v in (o.partition("=") for o in overrides))
+    return text[:limit] or "run"
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class SweepProgress(NullProgress):
+    """A live line on a terminal (``sweep [###   ] 3/6  workers=2  repeat 2/5``); plain lines in a batch log.
+
+    Passed to ``run_job`` as its progress, so the live line follows the current run's
+    phases and repeats; without a terminal only one line per finished (or skipped) run is
+    printed.
+    """
+
+    def __init__(self, total: int, stream: IO[str] | None = None, tty: bool | None = None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.quiet = quiet
+        self.total = total
+        self.index = 0
+        self.what = ""
+        self.status = ""
+        self._rounds = 0
+        self._warmup = 0
+        self._live = False
+
+    # between runs
+    def begin(self, index: int, what: str) -> None:
+        self.index, self.what, self.status = index, what, "starting"
+        self._draw()
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._live:
+            self.stream.write("\r\x1b[K")
+            self._live = False
+        print(text, file=self.stream, flush=True)
+
+    def finished(self) -> None:
+        if self._live:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._live = False
+
+    # run_job's progress interface
+    def phase(self, text: str) -> None:
+        self.status = text
+        self._draw()
+
+    def start_rounds(self, total: int, warmup: int) -> None:
+        self._rounds, self._warmup = total, warmup
+        self.status = "warmup" if warmup else "repeat 0/" + str(total - warmup)
+        self._draw()
+
+    def round_done(self, index: int, seconds: float) -> None:
+        if index < self._warmup:
+            self.status = f"warmup {index + 1}/{self._warmup}"
+        else:
+            self.status = f"repeat {index - self._warmup + 1}/{self._rounds - self._warmup}: {seconds * 1e3:.2f} ms"
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.quiet or not self.tty:
+            return
+        width = 20
+        done = max(0, self.index - 1)
+        filled = width * done // max(1, self.total)
+        bar = "#" * filled + " " * (width - filled)
+        self.stream.write(f"\rsweep [{bar}] {self.index}/{self.total}  {self.what}  {self.status}\x1b[K")
+        self.stream.flush()
+        self._live = True
+
+
+# -- signals --------------------------------------------------------------------------------------
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    index: int
+    overrides: list[str]
+    values: dict[str, Any]
+    file: str
+    status: str = "pending"  # pending | ok | failed | interrupted | skipped | not run
+    reason: str | None = None
+    workers: Any = None
+    pinning: Any = None
+    median_repeat_s: float | None = None
+    median_gbps: float | None = None
+    exit_code: int | None = None
+    spec: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "overrides": self.overrides,
+            "values": self.values,
+            "status": self.status,
+            "reason": self.reason,
+            "report": self.file if self.status not in ("skipped", "pending", "not run") else None,
+            "workers": self.workers,
+            "pinning": self.pinning,
+            "median_repeat_s": self.median_repeat_s,
+            "median_gbps": self.median_gbps,
+            "exit_code": self.exit_code,
+        }
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt_ms(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e3:.2f} ms"
+
+
+def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the sweep table: one row per combination."""
+    keys = [a["key"] for a in summary["vary"]]
+    headers = ["#", *keys, "status", "median repeat", "median GB/s", "report / reason"]
+    rows = []
+    for e in summary["runs"]:
+        vals = dict(o.split("=", 1) for o in e["overrides"])
+        rows.append(
+            [
+                f"{e['index']}",
+                *[vals.get(k, "") for k in keys],
+                e["status"],
+                _fmt_ms(e["median_repeat_s"]),
+                "-" if e["median_gbps"] is None else f"{e['median_gbps']:.2f}",
+                (e["report"] or "") + (f" ({e['reason']})" if e["reason"] and e["report"] else (e["reason"] or "")),
+            ]
+        )
+    return headers, rows
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    headers, rows = summary_rows(summary)
+    counts = {
+        s: sum(1 for e in summary["runs"] if e["status"] == s)
+        for s in ("ok", "failed", "interrupted", "skipped", "not run", "pending")
+    }
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return (
+        f"# Sweep of `{summary['spec']}` ({summary['name']})\n\n"
+        f"Host {summary['host']}, started {summary['started_at']}, status **{summary['status']}** ({tally}).\n"
+        f"Varied: {'; '.join(a['key'] + ' = ' + ', '.join(a['values']) for a in summary['vary'])}.\n\n"
+        + markdown_table(headers, rows)
+        + "\n"
+    )
+
+
+def text_summary(summary: dict[str, Any]) -> str:
+    headers, rows = summary_rows(summary)
+    return text_table(headers, rows)
+
+
+def run_sweep(
+    spec_path: str,
+    vary: list[str],
+    out_dir: str | None = None,
+    *,
+    base_overrides: list[str] | None = None,
+    quiet: bool = False,
+    force: bool = False,
+    stream: IO[str] | None = None,
+    run: Callable[..., dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Run every combination; return ``(summary, exit_code)``.
+
+    The exit code is 0 when every run that ran is ok (skipped ones do not count), 1 when a
+    run failed, and the interrupted run's code (130 SIGINT, 143 SIGTERM) when stopped.
+    Raises ``SpecError`` for bad ``--vary`` items, values the spec refuses, an output
+    directory that already holds a sweep (unless ``force``), or when every combination is
+    impossible here.
+    """
+    from .runner import prepare, run_job
+    from .spec import load_spec
+    from .topology import read_topology
+
+    run = run or run_job
+    axes = parse_vary(vary)
+    base = list(base_overrides or [])
+    base_spec = load_spec(spec_path, base or None)
+    spec_dir = Path(spec_path).resolve().parent
+    topology = read_topology()
+
+    entries: list[Entry] = []
+    errors: list[str] = []
+    combos = combinations(axes)
+    for i, overrides in enumerate(combos, start=1):
+        entry = Entry(
+            index=i,
+            overrides=overrides,
+            values={o.split("=", 1)[0]: _yaml_value(o.split("=", 1)[1]) for o in overrides},
+            file=f"{i:03d}-{_slug(overrides)}.json",
+        )
+        try:
+            spec = load_spec(spec_path, base + overrides)
+        except SpecError as exc:
+            errors.extend(f"--vary {' '.join(overrides)}: {m}" for m in exc.messages)
+            continue
+        entry.spec = spec
+        entry.workers, entry.pinning = spec.workers, spec.pinning
+        try:
+            prep = prepare(spec, topology, spec_dir)
+            entry.workers, entry.pinning = len(prep.plan.workers), prep.plan.policy
+        except SpecError as exc:
+            entry.status, entry.reason = "skipped", "; ".join(exc.messages)
+        entries.append(entry)
+    if errors:
+        raise SpecError(errors)
+
+    out = Path(out_dir) if out_dir else Path("sweeps") / f"{base_spec.name}-{now_stamp()}"
+    if (out / "sweep.json").exists() and not force:
+        raise SpecError(f"--out: {out} already holds a sweep (sweep.json); choose another directory or add --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary: dict[str, Any] = {
+        "version": SWEEP_VERSION,
+        "kind": "shmhpc-sweep",
+        "spec": str(spec_path),
+        "name": base_spec.name,
+        "set": base,
+        "vary": [{"key": k, "values": vs} for k, vs in axes],
+        "host": socket.gethostname(),
+        "out": str(out),
+        "started_at": now_stamp(),
+        "finished_at": None,
+        "status": "running",
+        "runs": [],
+    }
+
+    def save() -> None:
+        summary["runs"] = [e.to_dict() for e in entries]
+        write_report(summary, out / "sweep.json")
+        _write_text_atomic(out / "sweep.md", _markdown(summary))
+
+    progress = SweepProgress(len(entries), stream=stream, quiet=quiet)
+    n_skip = sum(e.status == "skipped" for e in entries)
+    progress.line(f"sweep: {len(entries)} combinations ({n_skip} skipped: impossible here) -> {out}")
+    exit_code = 0
+    save()
+    with StopSignals() as stop:
+        for e in entries:
+            what = " ".join(e.overrides)
+            tag = f"[sweep {e.index}/{len(entries)}] {what}"
+            if stop.signum is not None:
+                e.status = "not run"
+                continue
+            if e.status == "skipped":
+                progress.line(f"{tag}: skipped: {e.reason}")
+                continue
+            progress.begin(e.index, what)
+            t0 = time.perf_counter()
+            report = run(
+                e.spec, topology, spec_dir=spec_dir, report_path=str(out / e.file), progress=progress, force=True
+            )
+            progress.finished()
+            e.status = str(report.get("status"))
+            e.exit_code = int(report.get("exit_code", 0))
+            e.reason = report.get("error")
+            if report.get("report_path"):
+                e.file = os.path.relpath(report["report_path"], out)
+            e.median_repeat_s = ((report.get("timings") or {}).get("repeat") or {}).get("median")
+            e.median_gbps = (((report.get("bandwidth") or {}).get("gbps")) or {}).get("median")
+            if e.status == "ok":
+                line = (
+                    f"{tag}: ok, median {_fmt_ms(e.median_repeat_s)}, "
+                    f"{e.median_gbps or 0:.2f} GB/s ({time.perf_counter() - t0:.1f} s) -> {out / e.file}"
+                )
+            else:
+                line = f"{tag}: {e.status}: {e.reason}"
+            progress.line(line)
+            if e.status == "interrupted":
+                exit_code = e.exit_code or 130
+                stop.signum = stop.signum or (exit_code - 128)
+            elif e.status != "ok" and exit_code == 0:
+                exit_code = 1
+            save()
+        signum = stop.signum
+        if signum is not None:
+            exit_code = exit_code if exit_code >= 128 else 128 + signum
+            summary["status"] = "interrupted"
+        else:
+            summary["status"] = "failed" if exit_code else "ok"
+        summary["finished_at"] = now_stamp()
+        save()
+    if all(e.status == "skipped" for e in entries):
+        raise SpecError(
+            f"sweep: every combination is impossible on this machine (summary in {out}); "
+            f"first reason: {entries[0].reason}"
+        )
+    return summary, exit_code
