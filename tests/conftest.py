@@ -85,3 +85,23 @@ def write_spec(path: Path, text: str) -> Path:
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def run_in_pty(args: list[str], cwd: str | Path, timeout: float = 60) -> tuple[int, str]:
+    """``python -m shmhpc ARGS`` with stderr on a pseudo-terminal (as a user at a terminal sees it)."""
+    pty = pytest.importorskip("pty")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "shmhpc", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=timeout)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import JOBS, ROOT, load_json, our_segments, run_cli, write_spec
+from conftest import JOBS, ROOT, load_json, our_segments, run_cli, run_in_pty, write_spec
 
 USABLE = sorted(os.sched_getaffinity(0))
 TWO = len(USABLE) >= 2
@@ -307,31 +307,8 @@ def test_progress_plain_lines_without_a_tty(tmp_path, no_leak):
 
 
 def test_progress_bar_on_a_tty(tmp_path, no_leak):
-    pty = pytest.importorskip("pty")
-    spec = small_spec(tmp_path)
-    master, slave = pty.openpty()
-    env = dict(os.environ, COLUMNS="100")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmhpc", "run", str(spec)],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-        env=env,
-    )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=60)
-    os.close(master)
-    text = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0
+    rc, text = run_in_pty(["run", str(small_spec(tmp_path))], cwd=tmp_path)
+    assert rc == 0
     assert "\rrepeats [" in text and "repeat 3/3" in text  # the live status line
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import load_json, run_cli, write_spec
+from conftest import load_json, run_cli, run_in_pty, write_spec
 
 from shmhpc.errors import SpecError
 from shmhpc.sweep import _slug, combinations, parse_vary
@@ -76,16 +76,32 @@ def test_bad_vary_items(items, needle):
 
 
 def test_values_the_spec_refuses_stop_the_sweep_before_it_starts(tmp_path):
-    out = run_cli("sweep", str(tiny_spec(tmp_path)), "--vary", "workers=1,0", "--vary", "pinnig=none",
-                  "--out", str(tmp_path / "sw"), cwd=tmp_path)
+    out = run_cli(
+        "sweep",
+        str(tiny_spec(tmp_path)),
+        "--vary",
+        "workers=1,0",
+        "--vary",
+        "pinnig=none",
+        "--out",
+        str(tmp_path / "sw"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 2, out.stderr
     assert "error: --vary workers=0 pinnig=none: " in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "sw").exists()
 
 
 def test_every_combination_impossible_is_bad_input(tmp_path):
-    out = run_cli("sweep", str(tiny_spec(tmp_path)), "--vary", f"workers={USABLE + 1},{USABLE + 2}",
-                  "--out", str(tmp_path / "sw"), cwd=tmp_path)
+    out = run_cli(
+        "sweep",
+        str(tiny_spec(tmp_path)),
+        "--vary",
+        f"workers={USABLE + 1},{USABLE + 2}",
+        "--out",
+        str(tmp_path / "sw"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert "every combination is impossible on this machine" in out.stderr
     assert load_json(tmp_path / "sw" / "sweep.json")["runs"][0]["status"] == "skipped"
@@ -97,13 +113,24 @@ def test_every_combination_impossible_is_bad_input(tmp_path):
 def test_small_real_sweep_through_the_cli(tmp_path, no_leak):
     spec = tiny_spec(tmp_path)
     out_dir = tmp_path / "sw"
-    out = run_cli("sweep", str(spec), "--vary", "pinning=none,compact", "--vary", "workers=1,2,3",
-                  "--out", str(out_dir), cwd=tmp_path)
+    out = run_cli(
+        "sweep",
+        str(spec),
+        "--vary",
+        "pinning=none,compact",
+        "--vary",
+        "workers=1,2,3",
+        "--out",
+        str(out_dir),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     summary = load_json(out_dir / "sweep.json")
     assert summary["kind"] == "shmhpc-sweep" and summary["version"] == 1 and summary["status"] == "ok"
-    assert summary["vary"] == [{"key": "pinning", "values": ["none", "compact"]},
-                               {"key": "workers", "values": ["1", "2", "3"]}]
+    assert summary["vary"] == [
+        {"key": "pinning", "values": ["none", "compact"]},
+        {"key": "workers", "values": ["1", "2", "3"]},
+    ]
     runs = summary["runs"]
     assert [r["overrides"] for r in runs][:2] == [["pinning=none", "workers=1"], ["pinning=none", "workers=2"]]
     for r in runs:
@@ -143,27 +170,9 @@ def test_small_real_sweep_through_the_cli(tmp_path, no_leak):
 
 
 def test_live_progress_line_on_a_tty(tmp_path, no_leak):
-    pty = pytest.importorskip("pty")
     spec = tiny_spec(tmp_path)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmhpc", "sweep", str(spec), "--vary", "data.seed=1,2", "--out", str(tmp_path / "sw")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=slave,
-    )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=60)
-    os.close(master)
-    text = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0
+    rc, text = run_in_pty(["sweep", str(spec), "--vary", "data.seed=1,2", "--out", str(tmp_path / "sw")], cwd=tmp_path)
+    assert rc == 0
     assert "\rsweep [" in text and "2/2  data.seed=2" in text and "repeat 2/2" in text
     assert "[sweep 2/2] data.seed=2: ok" in text
 
@@ -175,7 +184,10 @@ def test_interrupt_keeps_finished_reports_and_the_summary(tmp_path, signum, no_l
     out_dir = tmp_path / "sw"
     proc = subprocess.Popen(
         [sys.executable, "-m", "shmhpc", "sweep", str(spec), "--vary", "data.seed=1,2,3,4,5,6", "--out", str(out_dir)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
