@@ -418,7 +418,3 @@ def _pages_by_partition(plan: Plan, loads: list[dict]) -> dict[str, Any]:
             }
         )
     return {"method": "move_pages(2) on up to 1024 sampled pages per worker", "partitions": parts}
-
-
-def reference_sum(array: np.ndarray) -> float:  # pragma: no cover - convenience for benchmarks
-    return float(np.sum(array, dtype=np.float64))
