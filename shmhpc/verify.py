@@ -206,16 +206,7 @@ def _sumsq_ref(flat: np.ndarray) -> tuple[float, float, str]:
     exact = _exact_sumsq(flat)
     if exact is not None:
         return exact, 0.0, f"math.fsum of exactly split squares over {flat.size} elements (exact, rounded once)"
-    acc = np.longdouble(0)
-    buf = np.empty(min(flat.size, _REF_BLOCK), dtype=np.longdouble)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for block in _blocks(flat):
-            d = buf[: block.size]
-            np.copyto(d, block, casting="unsafe")
-            d *= d
-            acc += d.sum()
-    nblocks = max(1, math.ceil(flat.size / _REF_BLOCK))
-    q = float(acc)
+    q, nblocks = _m2_ref(flat, 0.0)  # the squares about 0, in longdouble blocks
     k_ref = _clog2(min(flat.size, _REF_BLOCK) or 1) + _PAIRWISE_EXTRA + nblocks + 1
     bits = np.finfo(np.longdouble).nmant + 1
     method = f"squares summed in np.longdouble ({bits}-bit significand) over {nblocks} blocks"
@@ -223,7 +214,9 @@ def _sumsq_ref(flat: np.ndarray) -> tuple[float, float, str]:
 
 
 def _m2_ref(flat: np.ndarray, mean: float) -> tuple[float, int]:
-    """Second pass: sum((x - mean)**2) in longdouble blocks."""
+    """sum((x - mean)**2) in longdouble blocks (the second pass of var; mean 0 gives sum(x**2)).
+
+    Returns the sum and the number of blocks."""
     m = np.longdouble(mean)
     acc = np.longdouble(0)
     buf = np.empty(min(flat.size, _REF_BLOCK), dtype=np.longdouble)

@@ -78,6 +78,18 @@ def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, 
     )
 
 
+def start_cli(*args: str, cwd: str | Path, env: dict | None = None) -> subprocess.Popen:
+    """``python -m shmhpc ARGS`` started in the background (to signal or kill it mid-run)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmhpc", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -14,21 +14,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import load_json, our_segments, run_cli
+from conftest import load_json, our_segments, run_cli, start_cli
 from test_run import TWO, small_spec
 
 SHM = Path("/dev/shm")
 
 
-def _start(spec: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "shmhpc", "run", str(spec), *extra],
-        cwd=spec.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=None if env is None else {**os.environ, **env},
-    )
+def _start(spec: Path, *extra: str) -> subprocess.Popen:
+    return start_cli("run", str(spec), *extra, cwd=spec.parent)
 
 
 def _wait_for(pred, timeout: float = 60.0, what: str = "condition") -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import load_json, run_cli, run_in_pty, write_spec
+from conftest import load_json, run_cli, run_in_pty, start_cli, write_spec
 
 from shmhpc.errors import SpecError
 from shmhpc.sweep import _slug, combinations, parse_vary
@@ -182,13 +180,7 @@ def test_interrupt_keeps_finished_reports_and_the_summary(tmp_path, signum, no_l
     (tmp_path / "slowk.py").write_text(SLOW_KERNEL)
     spec = tiny_spec(tmp_path, kernel="slowk:slow", chunks_per_worker=1, repeats=3, warmup=0)
     out_dir = tmp_path / "sw"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmhpc", "sweep", str(spec), "--vary", "data.seed=1,2,3,4,5,6", "--out", str(out_dir)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("sweep", str(spec), "--vary", "data.seed=1,2,3,4,5,6", "--out", str(out_dir), cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not list(out_dir.glob("001-*.json")):
