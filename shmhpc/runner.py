@@ -220,20 +220,7 @@ def run_job(
             timings["pool_start_s"] = time.perf_counter() - t0
             report["warnings"].extend(pool.warnings)
             progress.phase_done("pool start", timings["pool_start_s"])
-            workers = [
-                {
-                    "rank": w.rank,
-                    "pid": h["pid"],
-                    "cpus_requested": list(w.cpus),
-                    "cpus_observed": h["cpus_observed"],
-                    "pinned_ok": sorted(w.cpus) == h["cpus_observed"],
-                    "node": w.node,
-                    "rows": list(w.rows),
-                    "chunks": [list(c) for c in w.chunks],
-                    "threads": h["threads"],
-                }
-                for w, h in zip(prep.plan.workers, hello)
-            ]
+            workers = _worker_entries(prep.plan, hello)
             report["workers"] = workers
             bad = [w["rank"] for w in workers if not w["pinned_ok"]]
             if bad:
@@ -252,11 +239,11 @@ def run_job(
 
             n_rounds = spec.warmup + spec.repeats
             progress.start_rounds(n_rounds, spec.warmup)
-            last_states: list[tuple[int, Any]] = []
             for w in workers:
                 w["repeat_s"], w["chunk_s"], w["cpus_ran_on"] = [], [], set()
             # Filled as rounds finish, so an interrupted run still reports the repeats it did.
             timings["warmup_s"], timings["repeat_s"] = [], []
+            replies: list[dict] = []
             for r in range(n_rounds):
                 flag.check()
                 wall, replies = pool.run_round(r)
@@ -267,10 +254,6 @@ def run_job(
                         w["repeat_s"].append(sum(rep["seconds"]))
                         w["chunk_s"].append(rep["seconds"])
                         w["cpus_ran_on"].update(rep["cpus"])
-                if r == n_rounds - 1:
-                    last_states = [
-                        (c[0], s) for w, rep in zip(prep.plan.workers, replies) for c, s in zip(w.chunks, rep["states"])
-                    ]
             progress.close()
             flag.check()  # a signal during the last repeat still stops the run
             # The launcher has not touched the array yet: its peak RSS here shows that no
@@ -282,18 +265,10 @@ def run_job(
             for w in workers:
                 w["cpus_ran_on"] = sorted(w["cpus_ran_on"])
 
-            # Combine in row order: the result does not depend on which worker answered first.
             kernel = make_kernel(spec.kernel, spec.accumulate, list(prep.search_path))
-            last_states.sort(key=lambda t: t[0])
-            state = combine_all(kernel, [s for _, s in last_states])
+            state = _combine_in_row_order(kernel, prep.plan, replies)
             value = kernel.finalize(state)
-            nbytes = prep.data.nbytes
-            gbps = [nbytes / s / 1e9 for s in timings["repeat_s"] if s > 0]
-            report["bandwidth"] = {
-                "bytes_per_repeat": nbytes,
-                "gbps_per_repeat": gbps,
-                "gbps": {"median": statistics.median(gbps) if gbps else None, "max": max(gbps) if gbps else None},
-            }
+            report["bandwidth"] = _bandwidth(prep.data.nbytes, timings["repeat_s"])
             t0 = time.perf_counter()
             pool.close()
             timings["teardown_s"] = time.perf_counter() - t0
@@ -384,6 +359,43 @@ def run_job(
                 report["warnings"].append(f"could not write report {path}: {exc.strerror}")
                 report["report_path"] = None
     return report
+
+
+def _worker_entries(plan: Plan, hello: list[dict]) -> list[dict[str, Any]]:
+    """One report entry per worker: what was asked (the plan) beside what the worker saw."""
+    return [
+        {
+            "rank": w.rank,
+            "pid": h["pid"],
+            "cpus_requested": list(w.cpus),
+            "cpus_observed": h["cpus_observed"],
+            "pinned_ok": sorted(w.cpus) == h["cpus_observed"],
+            "node": w.node,
+            "rows": list(w.rows),
+            "chunks": [list(c) for c in w.chunks],
+            "threads": h["threads"],
+        }
+        for w, h in zip(plan.workers, hello)
+    ]
+
+
+def _combine_in_row_order(kernel: Any, plan: Plan, replies: list[dict]) -> Any:
+    """Merge the last round's chunk states by row: the result does not depend on who answered first."""
+    states = sorted(
+        ((chunk[0], state) for w, rep in zip(plan.workers, replies) for chunk, state in zip(w.chunks, rep["states"])),
+        key=lambda t: t[0],
+    )
+    return combine_all(kernel, [s for _, s in states])
+
+
+def _bandwidth(nbytes: int, repeat_s: list[float]) -> dict[str, Any]:
+    """Bytes the kernel reads per repeat (the array once) and the GB/s that makes."""
+    gbps = [nbytes / s / 1e9 for s in repeat_s if s > 0]
+    return {
+        "bytes_per_repeat": nbytes,
+        "gbps_per_repeat": gbps,
+        "gbps": {"median": statistics.median(gbps) if gbps else None, "max": max(gbps) if gbps else None},
+    }
 
 
 def _peak_rss_bytes() -> int:
