@@ -20,6 +20,7 @@ from typing import Any
 from .cpulist import format_cpulist
 from .errors import SpecError
 from .threads import relevant_env
+from .topology import read_text
 
 __all__ = ["REPORT_VERSION", "host_info", "write_report", "load_report", "check_run_report", "summarize", "stats"]
 
@@ -37,14 +38,6 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _read_first(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def host_info() -> dict[str, Any]:
     import numpy
 
@@ -59,7 +52,7 @@ def host_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "shmhpc": __version__,
         "env": relevant_env(),
-        "shmem_hugepages": _read_first("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+        "shmem_hugepages": read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
         "slurm": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SLURM_") and "CONF" not in k} or None,
     }
 
@@ -94,15 +87,20 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_report(report: dict, path: str | os.PathLike[str], overwrite: bool = True) -> Path:
-    """Write atomically (temp file in the same directory + rename): a crash never leaves half a report.
+    """Write a report as sorted, indented JSON, atomically (see ``write_text_atomic``); returns its path."""
+    text = json.dumps(report, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n"
+    return write_text_atomic(path, text, overwrite)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, overwrite: bool = True) -> Path:
+    """Write via a temp file in the same directory + rename: a crash never leaves half a file.
 
     With ``overwrite=False`` an existing file is never replaced (the temp file is
-    hard-linked into place, which fails if the name exists); the report then goes
-    to ``NAME.<pid>.json`` beside it, and that path is returned.
+    hard-linked into place, which fails if the name exists); the text then goes
+    to ``NAME.<pid>.EXT`` beside it, and that path is returned.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w") as f:

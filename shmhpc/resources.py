@@ -15,16 +15,9 @@ import os
 from pathlib import Path
 
 from .errors import RunError
-from .topology import cgroup_dir
+from .topology import cgroup_dir, read_text
 
 __all__ = ["check_fits", "memory_headroom"]
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
 
 
 def memory_headroom() -> tuple[int | None, str]:
@@ -35,7 +28,7 @@ def memory_headroom() -> tuple[int | None, str]:
     cg = cgroup_dir()
     root = Path("/sys/fs/cgroup")
     while cg is not None and cg != root.parent and str(cg).startswith(str(root)):
-        limit, current = _read(cg / "memory.max"), _read(cg / "memory.current")
+        limit, current = read_text(cg / "memory.max"), read_text(cg / "memory.current")
         if limit and current and limit != "max":
             try:
                 room = int(limit) - int(current)
@@ -46,7 +39,7 @@ def memory_headroom() -> tuple[int | None, str]:
         if cg == root:
             break
         cg = cg.parent
-    meminfo = _read(Path("/proc/meminfo")) or ""
+    meminfo = read_text(Path("/proc/meminfo")) or ""
     for line in meminfo.splitlines():
         if line.startswith("MemAvailable:"):
             avail = int(line.split()[1]) * 1024

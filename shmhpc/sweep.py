@@ -20,7 +20,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import yaml
 
 from .errors import SpecError
 from .progress import NullProgress
-from .report import now_stamp, write_report
+from .report import now_stamp, write_report, write_text_atomic
 from .signals import StopSignals
 from .tables import markdown_table, text_table
 
@@ -190,9 +189,6 @@ class SweepProgress(NullProgress):
         self._live = True
 
 
-# -- signals --------------------------------------------------------------------------------------
-
-
 # -- the sweep -----------------------------------------------------------------------------------
 
 
@@ -225,17 +221,6 @@ class Entry:
             "median_gbps": self.median_gbps,
             "exit_code": self.exit_code,
         }
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt_ms(s: float | None) -> str:
@@ -362,7 +347,7 @@ def run_sweep(
     def save() -> None:
         summary["runs"] = [e.to_dict() for e in entries]
         write_report(summary, out / "sweep.json")
-        _write_text_atomic(out / "sweep.md", _markdown(summary))
+        write_text_atomic(out / "sweep.md", _markdown(summary))
 
     progress = SweepProgress(len(entries), stream=stream, quiet=quiet)
     n_skip = sum(e.status == "skipped" for e in entries)

@@ -157,15 +157,16 @@ class Topology:
 
 # -- reading -------------------------------------------------------------------------
 
-def _read(path: Path) -> str | None:
+def read_text(path: str | os.PathLike[str]) -> str | None:
+    """A small kernel file (sysfs, procfs) stripped, or None when absent, unreadable or not text."""
     try:
-        return path.read_text().strip()
-    except (OSError, UnicodeDecodeError):  # absent, unreadable, or not a text file
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
 
 
 def _read_int(path: Path) -> int | None:
-    text = _read(path)
+    text = read_text(path)
     if text is None:
         return None
     try:
@@ -189,7 +190,7 @@ def _parse_size(text: str | None) -> int | None:
 
 def _read_cpulist(path: Path) -> list[int] | None:
     """A CPU-list file, ``None`` when absent; a malformed one is a ``SpecError`` naming the file."""
-    text = _read(path)
+    text = read_text(path)
     if text is None:
         return None
     try:
@@ -199,7 +200,7 @@ def _read_cpulist(path: Path) -> list[int] | None:
 
 
 def _meminfo(path: Path) -> tuple[int | None, int | None]:
-    text = _read(path)
+    text = read_text(path)
     if text is None:
         return None, None
     total = free = None
@@ -289,13 +290,13 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
                 level = _read_int(idx / "level")
                 if level is None:
                     continue
-                ctype = _read(idx / "type") or "Unified"
+                ctype = read_text(idx / "type") or "Unified"
                 # Keep online CPUs only: a fake (or racing) tree may still list offline ones.
                 listed = _read_cpulist(idx / "shared_cpu_list") or [c]
                 shared = tuple(s for s in listed if s in online_set) or (c,)
                 key = (level, ctype, shared)
                 if key not in caches:
-                    caches[key] = Cache(level, ctype, _parse_size(_read(idx / "size")), shared)
+                    caches[key] = Cache(level, ctype, _parse_size(read_text(idx / "size")), shared)
 
     # No core_id (no topology files): every such CPU is its own core. Its id is the CPU
     # id, shifted past the package's real core_ids so it cannot join another core.
@@ -350,7 +351,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
 
 def cgroup_dir() -> Path | None:
     """This process's cgroup v2 directory, from /proc/self/cgroup (joblib/loky#634)."""
-    text = _read(Path("/proc/self/cgroup"))
+    text = read_text(Path("/proc/self/cgroup"))
     if not text:
         return None
     for line in text.splitlines():
@@ -371,12 +372,12 @@ def _usable_here(online: list[int]) -> tuple[list[int], str, float | None, list[
     quota = None
     cg = cgroup_dir()
     if cg is not None:
-        eff = _read(cg / "cpuset.cpus.effective")
+        eff = read_text(cg / "cpuset.cpus.effective")
         if eff:
             usable &= set(parse_cpulist(eff))
             sources.append("cgroup cpuset")
         # cpu.max bounds how many CPUs can run at once, whatever the cpuset says.
-        cmax = _read(cg / "cpu.max")
+        cmax = read_text(cg / "cpu.max")
         if cmax and not cmax.startswith("max"):
             try:
                 q, period = cmax.split()
