@@ -12,7 +12,44 @@ import sys
 import time
 from typing import IO
 
-__all__ = ["Progress", "NullProgress", "make_progress"]
+__all__ = ["Progress", "NullProgress", "LiveLine", "round_status", "make_progress"]
+
+
+class LiveLine:
+    """One status line redrawn in place on a terminal (``\\r`` + erase to end of line);
+    messages are printed above it."""
+
+    WIDTH = 20
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.live = False
+
+    def draw(self, label: str, done: int, total: int, text: str) -> None:
+        filled = self.WIDTH * done // max(1, total)
+        bar = "#" * filled + " " * (self.WIDTH - filled)
+        self.stream.write(f"\r{label} [{bar}] {text}\x1b[K")
+        self.stream.flush()
+        self.live = True
+
+    def print(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+            self.live = False
+        print(text, file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.live = False
+
+
+def round_status(index: int, total: int, warmup: int) -> tuple[str, int, int]:
+    """Round ``index`` of ``total`` (the first ``warmup`` are warm-up) as (kind, i, n): ``repeat 2/5``."""
+    if index < warmup:
+        return "warmup", index + 1, warmup
+    return "repeat", index - warmup + 1, total - warmup
 
 
 class NullProgress:
@@ -33,16 +70,13 @@ class Progress(NullProgress):
     def __init__(self, stream: IO[str] | None = None, tty: bool | None = None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
-        self._live = False
+        self._line_out = LiveLine(self.stream)
         self._total = 0
         self._warmup = 0
         self._t0 = time.perf_counter()
 
     def _line(self, text: str) -> None:
-        if self._live:  # keep the live line below the message
-            self.stream.write("\r\x1b[K")
-        print(text, file=self.stream, flush=True)
-        self._live = False
+        self._line_out.print(text)
 
     def phase(self, text: str) -> None:
         if self.tty:
@@ -59,27 +93,17 @@ class Progress(NullProgress):
             self._draw(0, "")
 
     def round_done(self, index: int, seconds: float) -> None:
-        kind = "warmup" if index < self._warmup else "repeat"
-        i = index + 1 if index < self._warmup else index - self._warmup + 1
-        n = self._warmup if index < self._warmup else self._total - self._warmup
+        kind, i, n = round_status(index, self._total, self._warmup)
         if self.tty:
             self._draw(index + 1, f"{kind} {i}/{n}: {seconds * 1e3:.2f} ms")
         else:
             self._line(f"[shmhpc {time.perf_counter() - self._t0:7.2f}s] {kind} {i}/{n}: {seconds * 1e3:.3f} ms")
 
     def _draw(self, done: int, status: str) -> None:
-        width = 20
-        filled = width * done // max(1, self._total)
-        bar = "#" * filled + " " * (width - filled)
-        self.stream.write(f"\rrepeats [{bar}] {done}/{self._total}  {status}\x1b[K")
-        self.stream.flush()
-        self._live = True
+        self._line_out.draw("repeats", done, self._total, f"{done}/{self._total}  {status}")
 
     def close(self) -> None:
-        if self._live:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._live = False
+        self._line_out.clear()
 
 
 def make_progress(quiet: bool = False, stream: IO[str] | None = None) -> NullProgress:

@@ -29,7 +29,7 @@ from typing import IO, Any
 import yaml
 
 from .errors import SpecError
-from .progress import NullProgress
+from .progress import LiveLine, NullProgress, round_status
 from .report import now_stamp, write_report, write_text_atomic
 from .signals import StopSignals
 from .tables import markdown_table, text_table
@@ -139,7 +139,7 @@ class SweepProgress(NullProgress):
         self.status = ""
         self._rounds = 0
         self._warmup = 0
-        self._live = False
+        self._live_line = LiveLine(self.stream)
 
     # between runs
     def begin(self, index: int, what: str) -> None:
@@ -147,18 +147,11 @@ class SweepProgress(NullProgress):
         self._draw()
 
     def line(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self._live:
-            self.stream.write("\r\x1b[K")
-            self._live = False
-        print(text, file=self.stream, flush=True)
+        if not self.quiet:
+            self._live_line.print(text)
 
     def finished(self) -> None:
-        if self._live:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._live = False
+        self._live_line.clear()
 
     # run_job's progress interface
     def phase(self, text: str) -> None:
@@ -171,22 +164,16 @@ class SweepProgress(NullProgress):
         self._draw()
 
     def round_done(self, index: int, seconds: float) -> None:
-        if index < self._warmup:
-            self.status = f"warmup {index + 1}/{self._warmup}"
-        else:
-            self.status = f"repeat {index - self._warmup + 1}/{self._rounds - self._warmup}: {seconds * 1e3:.2f} ms"
+        kind, i, n = round_status(index, self._rounds, self._warmup)
+        self.status = f"{kind} {i}/{n}" + (f": {seconds * 1e3:.2f} ms" if kind == "repeat" else "")
         self._draw()
 
     def _draw(self) -> None:
         if self.quiet or not self.tty:
             return
-        width = 20
-        done = max(0, self.index - 1)
-        filled = width * done // max(1, self.total)
-        bar = "#" * filled + " " * (width - filled)
-        self.stream.write(f"\rsweep [{bar}] {self.index}/{self.total}  {self.what}  {self.status}\x1b[K")
-        self.stream.flush()
-        self._live = True
+        # The bar counts finished runs; the number names the one running.
+        text = f"{self.index}/{self.total}  {self.what}  {self.status}"
+        self._live_line.draw("sweep", max(0, self.index - 1), self.total, text)
 
 
 # -- the sweep -----------------------------------------------------------------------------------
