@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .contention import ContentionProbe
 from .cpulist import format_cpulist
 from .data import DataInfo, describe_data
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
@@ -238,7 +239,11 @@ def run_job(
             report["pages"] = _pages_by_partition(prep.plan, loads)
 
             n_rounds = spec.warmup + spec.repeats
+            # Not alone on our CPUs (another run, a busy neighbour)? Looked at around the rounds only.
+            probe = ContentionProbe(_planned_cpus(prep.plan), shm_dir)
+            probe.check_others()
             progress.start_rounds(n_rounds, spec.warmup)
+            probe.start([w["pid"] for w in workers])
             for w in workers:
                 w["repeat_s"], w["chunk_s"], w["cpus_ran_on"] = [], [], set()
             # Filled as rounds finish, so an interrupted run still reports the repeats it did.
@@ -254,6 +259,10 @@ def run_job(
                         w["repeat_s"].append(sum(rep["seconds"]))
                         w["chunk_s"].append(rep["seconds"])
                         w["cpus_ran_on"].update(rep["cpus"])
+            probe.stop()
+            probe.check_others()
+            report["contention"], lines = probe.result()
+            report["warnings"].extend(lines)
             progress.close()
             flag.check()  # a signal during the last repeat still stops the run
             # The launcher has not touched the array yet: its peak RSS here shows that no
@@ -377,6 +386,11 @@ def _worker_entries(plan: Plan, hello: list[dict]) -> list[dict[str, Any]]:
         }
         for w, h in zip(plan.workers, hello)
     ]
+
+
+def _planned_cpus(plan: Plan) -> list[tuple[int, ...]]:
+    """Each worker's CPUs; an unpinned worker may run on any usable CPU."""
+    return [w.cpus if plan.pinned else plan.usable for w in plan.workers]
 
 
 def _combine_in_row_order(kernel: Any, plan: Plan, replies: list[dict]) -> Any:
