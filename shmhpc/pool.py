@@ -32,6 +32,7 @@ from .errors import RunError, RunInterrupted
 from .kernels import make_kernel
 from .numa import page_nodes
 from .shm import Segment
+from .signals import STOP_SIGNALS, blocked
 from .threads import environment, limit_threads, relevant_env
 
 __all__ = ["WorkerInit", "Pool"]
@@ -73,9 +74,13 @@ def ctl_bytes(n_workers: int) -> int:
 
 
 def _worker_main(conn: Connection, init: WorkerInit) -> None:
-    # The launcher handles SIGINT/SIGTERM and tells workers to stop; a Ctrl-C on the
-    # terminal reaches the whole process group, so workers ignore SIGINT.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The launcher handles the stop signals and tells workers to stop. They reach workers too: a
+    # Ctrl-C on the terminal goes to the whole process group, and Slurm's slurmstepd sends scancel's
+    # TERM and the time-limit warning (USR1) to every process of the step. A worker that died of
+    # them would turn a clean stop into a failed run, so workers ignore them; a launcher that dies
+    # is noticed by its orphaned workers, and Slurm's SIGKILL after KillWait still ends everything.
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     phase, chunk_ix = "start", None
     seg = None
     arr = ctl = None
@@ -205,7 +210,16 @@ class Pool:
         if self.start_method == "forkserver":
             # Without an explicit preload every child re-imports numpy (~50 ms each; gh-137996).
             ctx.set_forkserver_preload(["shmhpc.pool"])
-        with environment(env), warnings.catch_warnings(record=True) as caught:
+        if self.start_method != "fork":
+            # forkserver and spawn start multiprocessing's resource tracker on first use, and starting it
+            # *unblocks* SIGINT and SIGTERM in this thread (resource_tracker.ensure_running), which would
+            # undo the block below for the forkserver: start it first, with the stop signals blocked too.
+            from multiprocessing import resource_tracker
+
+            with blocked(STOP_SIGNALS):
+                resource_tracker.ensure_running()
+        # Every process started here keeps the stop signals blocked: only the launcher acts on them.
+        with environment(env), blocked(STOP_SIGNALS), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for init in self.inits:
                 parent, child = ctx.Pipe(duplex=True)

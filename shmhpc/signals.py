@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .errors import RunInterrupted
 
-__all__ = ["STOP_SIGNALS", "StopSignals"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "blocked"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
@@ -49,3 +51,23 @@ class StopSignals:
         """Raise ``RunInterrupted`` if a stop signal has arrived."""
         if self.signum is not None:
             raise RunInterrupted(self.signum)
+
+
+@contextmanager
+def blocked(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Block ``signals`` in this thread for the block, then restore the mask exactly.
+
+    Processes started meanwhile (fork, forkserver, spawn: the mask survives fork and exec) keep them
+    blocked for life, so only the launcher hears a stop. That matters under Slurm, whose slurmstepd
+    sends scancel's TERM and the time-limit USR1 to *every* process of the step: a forkserver killed
+    by one makes multiprocessing report each worker as "exited with status 255". A signal that
+    arrives in the block is held, not lost: it reaches the launcher's handler when the mask is restored.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

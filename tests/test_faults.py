@@ -110,6 +110,27 @@ def test_signal_stops_between_repeats_and_reports_what_finished(sig, tmp_path, n
     assert not _segments_of(proc.pid)
 
 
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+def test_a_signal_to_every_process_of_the_run_is_a_clean_stop(sig, start_method, tmp_path, no_leak):
+    """Slurm's slurmstepd sends scancel's TERM and the time-limit USR1 to every process of the step,
+    the forkserver and the workers included: only the launcher may act on them."""
+    spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=100, start_method=start_method)
+    proc = start_cli("run", str(spec), cwd=tmp_path)
+    try:
+        _first_report_repeat(proc, tmp_path)
+        family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        assert len(family) >= 3, "the launcher and its workers (and for forkserver, the server)"
+        for pid in family:
+            os.kill(pid, sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert (rep["status"], rep["error"]) == ("interrupted", f"interrupted by {sig.name}"), err
+    assert proc.returncode == 128 + sig
+
+
 def test_second_signal_stops_a_long_repeat_at_once(tmp_path, no_leak):
     (tmp_path / "k.py").write_text("import time\ndef forever(chunk):\n    time.sleep(60)\n    return 0.0\n")
     spec = small_spec(tmp_path, kernel="k:forever", repeats=3)
