@@ -1,4 +1,4 @@
-"""Command line: ``python -m shmhpc {run,plan,topology,validate,schema}``.
+"""Command line: ``python -m shmhpc {run,plan,topology,validate,clean,schema,compare,sweep,plot,slurm}``.
 
 Exit codes: 0 ok; 1 a run that failed; 2 bad input (spec, arguments, files);
 128+N when stopped by signal N. Errors print as ``error: …`` lines, never a traceback.
@@ -232,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of job specs")
     p.set_defaults(func=cmd_schema)
     from .cli_reports import add_report_commands
+    from .cli_slurm import add_slurm_commands
+
     add_report_commands(sub)
+    add_slurm_commands(sub)
     return parser
 
 

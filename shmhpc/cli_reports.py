@@ -46,6 +46,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise SpecError("compare: needs at least two reports (the first is the reference)")
     reports = _load_all(paths)
     labels = args.labels.split(",") if args.labels is not None else None
+    if labels is not None and len(labels) != len(reports):
+        raise SpecError(f"--labels: {len(labels)} labels for {len(reports)} reports; give one per report")
+    if args.ok_only:
+        keep = [i for i, (_, r) in enumerate(reports) if r.get("status") == "ok"]
+        for i, (src, r) in enumerate(reports):
+            if i not in keep:
+                why = f" ({r['error']})" if r.get("error") else ""
+                print(f"note: leaving out {src}: status {r.get('status')!r}{why}", file=sys.stderr)
+        reports = [reports[i] for i in keep]
+        labels = [labels[i] for i in keep] if labels is not None else None
+        if len(reports) < 2:
+            n = len(reports)
+            raise SpecError(f"compare: --ok-only left {n} report{'s' * (n != 1)} with status 'ok'; needs at least two")
     cmp = compare_reports(reports, labels=labels, force=args.force)
     if args.json:
         print(render_json(cmp))
@@ -114,6 +127,11 @@ def add_report_commands(sub: Any) -> None:
     fmt.add_argument("--markdown", action="store_true", help="Markdown tables, for pasting into docs")
     p.add_argument("--labels", metavar="A,B,…", help="labels for the reports, in order (default: pinning policy)")
     p.add_argument("--force", action="store_true", help="compare even reports that should not be compared")
+    p.add_argument(
+        "--ok-only",
+        action="store_true",
+        help="leave out (and name) reports whose run did not finish ok, e.g. the failed tasks of a job array",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

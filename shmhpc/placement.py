@@ -32,7 +32,9 @@ from .cpulist import format_cpulist, parse_cpulist
 from .errors import SpecError
 from .topology import Topology
 
-__all__ = ["Partition", "Plan", "WorkerPlan", "expand_likwid", "plan_job", "resolve_cpus", "split_rows"]
+__all__ = [
+    "Partition", "Plan", "WorkerPlan", "cpus_needed", "expand_likwid", "plan_job", "resolve_cpus", "split_rows",
+]
 
 PAGE = 4096
 
@@ -290,6 +292,18 @@ def _oversub_message(needed: int, what: str, topo: Topology) -> str:
         # PITFALLS 9: under `srun --cpu-bind=cores` every worker inherits the task's single core.
         msg += "; under Slurm, give the task the CPUs it pins (srun -c N, --cpu-bind=none)"
     return msg
+
+
+def cpus_needed(pinning: str | list[list[int]], workers: int | str, threads: int) -> int | None:
+    """How many distinct CPUs a plan pins, when that is known without the machine.
+
+    None for ``workers: auto`` and likwid-style expressions: those depend on the topology.
+    """
+    if isinstance(pinning, list):
+        return len({c for cpus in pinning for c in cpus})
+    if workers == "auto" or pinning not in ("none", "compact", "scatter"):
+        return None
+    return int(workers) * threads
 
 
 def resolve_cpus(

@@ -17,19 +17,20 @@ from typing import Any
 
 import numpy as np
 
+from .allocation import slurm_allocation, slurm_job_label, step_cpu_problem
 from .contention import ContentionProbe
 from .cpulist import format_cpulist
 from .data import DataInfo, describe_data
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
 from .kernels import combine_all, make_kernel, state_count
-from .placement import Plan, plan_job
+from .placement import Plan, cpus_needed, plan_job
 from .pool import CTL_FIELDS, Pool, WorkerInit, ctl_bytes
 from .progress import NullProgress
 from .report import REPORT_VERSION, host_info, now_stamp, stats, write_report
 from .resources import check_fits
 from .shm import PAGE, Segment, default_shm_dir, find_stale, remove_stale
 from .signals import StopSignals
-from .spec import JobSpec
+from .spec import JobSpec, policy_slug
 from .threads import thread_env
 from .topology import Topology
 from .verify import verify
@@ -84,15 +85,27 @@ def report_path_for(
     spec: JobSpec, override: str | None = None, workers: int | None = None, policy: str | None = None
 ) -> Path:
     template = override or spec.report
-    safe_policy = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (policy or str(spec.pinning)))
+    safe_policy = policy_slug(policy or str(spec.pinning))
     return Path(
         template.format(
             name=spec.name,
             timestamp=now_stamp(precise=True),
             workers=workers if workers is not None else spec.workers,
             pinning=safe_policy,
+            slurm_job=slurm_job_label(),
         )
     )
+
+
+def _check_slurm_step(spec: JobSpec, topology: Topology) -> None:
+    """Inside a Slurm job, refuse a step that was given fewer CPUs than the job needs, naming the cause."""
+    alloc = slurm_allocation()
+    if alloc is None or spec.oversubscribe or topology.usable_source == "override":
+        return
+    needed = cpus_needed(spec.pinning, spec.workers, spec.threads_per_worker)
+    problem = step_cpu_problem(alloc, topology.usable, needed)
+    if problem:
+        raise SpecError(problem)
 
 
 def _check_runnable_here(prep: Prepared) -> None:
@@ -134,6 +147,7 @@ def _new_report(spec: JobSpec, topology: Topology) -> dict[str, Any]:
         "topology": topology.to_dict(),
         "started_at": now_stamp(),
         "warnings": [],
+        "slurm": alloc.to_dict() if (alloc := slurm_allocation()) else None,
     }
 
 
@@ -167,6 +181,7 @@ def run_job(
     keep_existing = False  # the target exists and we were not asked to overwrite it: write nothing
     try:
         with flag:
+            _check_slurm_step(spec, topology)
             prep = prepare(spec, topology, spec_dir)
             if write:
                 path = report_path_for(spec, report_path, len(prep.plan.workers), prep.plan.policy)

@@ -17,13 +17,24 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .cpulist import parse_cpulist
 from .errors import SpecError
 
-__all__ = ["DataSpec", "JobSpec", "NumaSpec", "apply_overrides", "json_schema", "load_spec", "spec_from_dict"]
+__all__ = [
+    "DataSpec", "JobSpec", "NumaSpec", "SlurmSpec", "apply_overrides", "json_schema", "load_spec", "spec_from_dict",
+]
 
 # Largest array we accept: 64 TiB. Anything larger is a typo, not a job.
 MAX_BYTES = 64 * 2**40
@@ -35,9 +46,14 @@ MAX_SPEC_BYTES = 1 << 20  # a job spec is a few hundred bytes; refuse megabytes 
 # A job spec is 3 levels deep (top -> pinning -> one worker's CPUs). Refusing anything much deeper
 # up front keeps pydantic, repr() and the override copy away from Python's recursion limit.
 MAX_DEPTH = 16
-REPORT_PLACEHOLDERS = ("name", "timestamp", "workers", "pinning")
+REPORT_PLACEHOLDERS = ("name", "timestamp", "workers", "pinning", "slurm_job")
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+def policy_slug(policy: str) -> str:
+    """A pinning policy as it goes into a report's file name (``{pinning}``): ``S0:0-1`` → ``S0_0-1``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in policy)
 
 PosInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
@@ -202,6 +218,110 @@ class NumaSpec(_Model):
     )
 
 
+# Slurm's own time formats (sbatch --time): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+_TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
+_MEM_RE = re.compile(r"^\d+[KMGT]?$")
+MAX_SIGNAL_LEAD_S = 65535  # sbatch --signal=…@TIME takes at most 0xffff seconds
+
+
+def slurm_time_minutes(v: str | int) -> float | None:
+    """Minutes in a Slurm time limit (``30``, ``1:30:00``, ``2-12``), or None for UNLIMITED."""
+    if isinstance(v, int):
+        return float(v)
+    if v.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = v.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:  # D-H[:M[:S]]
+        h, m, sec = [*parts, 0, 0][:3]
+        return int(days) * 1440 + h * 60 + m + sec / 60
+    if len(parts) == 1:  # M
+        return float(parts[0])
+    if len(parts) == 2:  # M:S
+        return parts[0] + parts[1] / 60
+    return parts[0] * 60 + parts[1] + parts[2] / 60
+
+
+def _check_directive_text(v: str) -> str:
+    # #SBATCH lines are read by sbatch, not by the shell, and end at the line's end: a value may hold
+    # spaces, quotes, '$' or ';' (the renderer quotes them), but no line break or control character.
+    bad = sorted({f"{ord(ch):#04x}" for ch in v if ord(ch) < 0x20 or ord(ch) == 0x7F})
+    if bad:
+        raise ValueError(f"control characters ({', '.join(bad)}) cannot go into an #SBATCH line")
+    return v
+
+
+def _check_option(v: str) -> str:
+    if not v.startswith("-"):
+        raise ValueError(f"{v!r} is not an sbatch option; write it as on the command line, e.g. --constraint=skylake")
+    return _check_directive_text(v)
+
+
+Directive = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_check_directive_text)]
+SbatchOption = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_check_option)]
+
+
+class SlurmSpec(_Model):
+    """Resources for ``shmhpc slurm render|submit``; every field can be overridden on its command line."""
+
+    time: Annotated[int, Field(strict=True, gt=0)] | Directive = Field(
+        "00:30:00", description="time limit: minutes, or M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED"
+    )
+    partition: Directive | None = Field(None, description="partition (default: the cluster's default partition)")
+    account: Directive | None = Field(None, description="account to charge")
+    qos: Directive | None = Field(None, description="quality of service")
+    nodes: PosInt = Field(1, description="nodes (templates other than multinode need 1)")
+    mem: Annotated[int, Field(strict=True, gt=0)] | Directive | None = Field(
+        None, description="memory per node: MB, or a number with K, M, G or T (e.g. 8G)"
+    )
+    cpus_per_task: PosInt | None = Field(
+        None, description="CPUs of the one task per node (default: the CPUs the plan pins)"
+    )
+    signal_lead_s: Annotated[int, Field(strict=True, ge=0, le=MAX_SIGNAL_LEAD_S)] = Field(
+        120, description="send USR1 this many seconds before the time limit (0: no warning signal)"
+    )
+    exclusive: bool = Field(False, description="ask for whole nodes (--exclusive)")
+    nomultithread: bool = Field(False, description="one hardware thread per core (--hint=nomultithread)")
+    job_name: Directive | None = Field(None, description="job name (default: the spec's name)")
+    array_throttle: PosInt | None = Field(None, description="compare-array: at most this many tasks at once (%N)")
+    log_dir: Annotated[str, Field(min_length=1)] = Field(
+        ".", description="where sbatch writes job logs, relative to the submit directory"
+    )
+    extra: list[SbatchOption] = Field(
+        default_factory=list, description="more #SBATCH options, each as on the sbatch command line"
+    )
+
+    @field_validator("time")
+    @classmethod
+    def _time_format(cls, v: int | str) -> int | str:
+        if isinstance(v, str) and not (_TIME_RE.match(v) or v.upper() in ("UNLIMITED", "INFINITE")):
+            raise ValueError("not a Slurm time; allowed: minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S or UNLIMITED")
+        return v
+
+    @field_validator("mem")
+    @classmethod
+    def _mem_format(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, str) and not _MEM_RE.match(v.upper()):
+            raise ValueError("not a Slurm memory size; allowed: MB as a number, or a number with K, M, G or T")
+        return v
+
+    @field_validator("log_dir")
+    @classmethod
+    def _log_dir(cls, v: str) -> str:
+        _check_directive_text(v)
+        if "%" in v:
+            raise ValueError("'%' is sbatch's pattern character (%j, %A…); it cannot be part of the folder name")
+        return v
+
+    @model_validator(mode="after")
+    def _signal_before_end(self) -> SlurmSpec:
+        minutes = slurm_time_minutes(self.time)
+        if minutes is not None and self.signal_lead_s >= minutes * 60:
+            raise _problems([("signal_lead_s", f"{self.signal_lead_s} s is not before the end of a {self.time!r} "
+                                               f"time limit ({minutes * 60:g} s)")])
+        return self
+
+
 class JobSpec(_Model):
     """A shmhpc job: data, workers, placement, kernel, repeats and report."""
 
@@ -236,11 +356,13 @@ class JobSpec(_Model):
     verify: bool = Field(True, description="check the result against an independent single-process computation")
     start_method: Literal["fork", "forkserver", "spawn"] = Field("forkserver")
     report: Annotated[str, Field(min_length=1)] = Field(
-        "reports/{name}.json", description="report path; placeholders {name} {timestamp} {workers} {pinning}"
+        "reports/{name}.json",
+        description="report path; placeholders {name} {timestamp} {workers} {pinning} {slurm_job}",
     )
     timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="fail the run if one phase (load or one repeat) takes longer"
     )
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
     @field_validator("report")
     @classmethod
@@ -424,6 +546,14 @@ def spec_from_dict(raw: Any, *, source: str = "spec") -> JobSpec:
 class _NoDupLoader(yaml.SafeLoader):
     """safe_load that refuses duplicate keys (anchors, aliases and deep nesting are refused before composing)."""
 
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        tag = super().resolve(kind, value, implicit)
+        # YAML 1.1 reads an unquoted 1:30:00 as the base-60 number 5400 (YAML 1.2 dropped that);
+        # a Slurm time limit must stay the text the user wrote, not become 5400 minutes.
+        if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and isinstance(value, str) and ":" in value:
+            return "tag:yaml.org,2002:str"
+        return tag
+
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     mapping: dict = {}
@@ -470,9 +600,13 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise SpecError(_depth_message(source)) from None
 
 
-def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) -> JobSpec:
+def load_spec(
+    path: str | os.PathLike[str], overrides: list[str] | None = None, values: Mapping[str, Any] | None = None
+) -> JobSpec:
     """Read and validate a YAML job spec; ``overrides`` are ``dotted.key=yaml-value`` strings.
 
+    ``values`` sets dotted keys to values that are already typed (a command line's ``--time``),
+    after the overrides, so they are checked by the same rules and messages as the file.
     Raises ``SpecError`` listing every problem.
     """
     source = str(path)
@@ -501,6 +635,10 @@ def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) 
         raise SpecError(_depth_message(source))
     if overrides:
         raw = apply_overrides(raw, overrides)
+    if values and isinstance(raw, dict):
+        raw = _deepcopy(raw)
+        for key, value in values.items():
+            _set_dotted(raw, key.split("."), value)
     return spec_from_dict(raw, source=source)
 
 
@@ -517,15 +655,18 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise SpecError(f"--set: {item!r} is not key=value (e.g. workers=2, numa.partition=false)")
-        target = out
-        for part in parts[:-1]:
-            nxt = target.get(part)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                target[part] = nxt
-            target = nxt
-        target[parts[-1]] = _parse_yaml(value, f"--set {key.strip()}")
+        _set_dotted(out, parts, _parse_yaml(value, f"--set {key.strip()}"))
     return out
+
+
+def _set_dotted(target: dict, parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        nxt = target.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            target[part] = nxt
+        target = nxt
+    target[parts[-1]] = value
 
 
 def _deepcopy(v: Any) -> Any:

@@ -66,11 +66,11 @@ def _split_values(text: str) -> list[str]:
     return parts
 
 
-def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
+def parse_vary(items: list[str], option: str = "--vary") -> list[tuple[str, list[str]]]:
     """``["pinning=none,compact", "workers=1,2"]`` → ``[("pinning", ["none", "compact"]), ("workers", ["1", "2"])]``.
 
     Values stay YAML text (the spec loader parses them); raises ``SpecError`` listing every
-    malformed item.
+    malformed item, each naming ``option`` (the flag it came from).
     """
     axes: list[tuple[str, list[str]]] = []
     errors = []
@@ -78,20 +78,20 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
         key, sep, rest = item.partition("=")
         key = key.strip()
         if not sep or not key or not all(key.split(".")):
-            errors.append(f"--vary: {item!r} is not key=v1,v2,… (e.g. workers=1,2,4 or numa.partition=true,false)")
+            errors.append(f"{option}: {item!r} is not key=v1,v2,… (e.g. workers=1,2,4 or numa.partition=true,false)")
             continue
         values = _split_values(rest)
         if any(v == "" for v in values):
-            errors.append(f"--vary {key}: empty value in {rest!r}; separate values with single commas")
+            errors.append(f"{option} {key}: empty value in {rest!r}; separate values with single commas")
             continue
         if any(k == key for k, _ in axes):
-            errors.append(f"--vary {key}: given twice; list all its values in one --vary")
+            errors.append(f"{option} {key}: given twice; list all its values in one {option}")
             continue
         axes.append((key, values))
     if errors:
         raise SpecError(errors)
     if not axes:
-        raise SpecError("--vary: nothing to vary; give at least one --vary key=v1,v2")
+        raise SpecError(f"{option}: nothing to vary; give at least one {option} key=v1,v2")
     return axes
 
 

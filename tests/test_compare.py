@@ -311,3 +311,22 @@ def test_markdown_renders_all_tables():
         assert set(rows[1]) <= set("|-") and all(r.startswith("| ") and r.endswith(" |") for r in rows[2:])
         assert len({r.count(" | ") for r in [rows[0], *rows[2:]]}) == 1  # same number of cells in every row
     assert "Warnings:" in md and "pinned, but not where asked" in md
+
+
+def test_ok_only_leaves_out_and_names_runs_that_did_not_finish(tmp_path):
+    """What compare-reports.sbatch relies on after a job array where a task failed."""
+    a = write(tmp_path / "a.json", make_report("none", REF))
+    failed = make_report("scatter", FAST)
+    failed.update(status="interrupted", error="interrupted by SIGUSR1")
+    b = write(tmp_path / "b.json", failed)
+    c = write(tmp_path / "c.json", make_report("compact", FAST))
+    refused = run_cli("compare", str(a), str(b), str(c))
+    assert refused.returncode == 2 and "has status 'interrupted'" in refused.stderr
+    out = run_cli("compare", "--ok-only", "--labels", "u,s,p", str(a), str(b), str(c))
+    assert out.returncode == 0, out.stderr
+    assert f"note: leaving out {b}: status 'interrupted' (interrupted by SIGUSR1)" in out.stderr
+    assert "[u]" in out.stdout and "[p]" in out.stdout and "[s]" not in out.stdout
+    alone = run_cli("compare", "--ok-only", str(a), str(b))
+    assert alone.returncode == 2 and "--ok-only left 1 report with status 'ok'; needs at least two" in alone.stderr
+    mismatch = run_cli("compare", "--labels", "x", str(a), str(c))
+    assert mismatch.returncode == 2 and "--labels: 1 labels for 2 reports" in mismatch.stderr
