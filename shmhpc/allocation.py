@@ -118,7 +118,7 @@ def step_cpu_problem(alloc: SlurmAllocation, usable: tuple[int, ...] | list[int]
         return None
     what = f"{needed} CPUs the plan pins" if needed is not None else f"the {want} CPUs it holds on this node"
     msg = f"slurm: job {alloc.label} needs {what}, but this process may only run on {have} ({format_cpulist(usable)})"
-    bind = alloc.cpu_bind.get("SLURM_CPU_BIND_TYPE", "") or alloc.cpu_bind.get("SLURM_CPU_BIND", "")
+    bind = (alloc.cpu_bind.get("SLURM_CPU_BIND_TYPE", "") or alloc.cpu_bind.get("SLURM_CPU_BIND", "")).rstrip(":,")
     fix = "start it with `srun --cpu-bind=none -c $SLURM_CPUS_PER_TASK …` (as the templates in slurm/ do)"
     if on_node is not None and needed is not None and on_node < needed:
         return (

@@ -118,6 +118,14 @@ def _obj(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+def _allocation_text(slurm: dict) -> str:
+    """``slurm, 2 CPUs per task, cpu-bind none`` for a run inside a Slurm job, ``-`` outside."""
+    if not slurm:
+        return "-"
+    bind = str((_obj(slurm.get("cpu_bind"))).get("SLURM_CPU_BIND_TYPE") or "").rstrip(":,") or "-"
+    return f"slurm, {slurm.get('cpus_per_task') or '?'} CPUs per task, cpu-bind {bind}"
+
+
 def run_settings(report: dict, source: str = "report") -> dict[str, Any]:
     """The settings that may legitimately differ between compared runs, as short display values."""
     job, host, data = (_obj(report.get(k)) for k in ("job", "host", "data"))
@@ -138,7 +146,9 @@ def run_settings(report: dict, source: str = "report") -> dict[str, Any]:
         "warmup": job.get("warmup"),
         "data source": " ".join(str(x) for x in (data.get("source"), data.get("distribution"), data.get("path"),
                                                  f"seed {data.get('seed')}") if x is not None) or None,
-        "thread env": " ".join(f"{k}={v}" for k, v in sorted(env.items())) or "-",
+        # Slurm's variables differ in every job (ids, ports, pids): the allocation line says what matters.
+        "thread env": " ".join(f"{k}={v}" for k, v in sorted(env.items()) if not k.startswith("SLURM_")) or "-",
+        "allocation": _allocation_text(_obj(report.get("slurm"))),
         "os kernel": host.get("kernel"),
         "python": host.get("python"),
         "numpy": host.get("numpy"),

@@ -187,6 +187,14 @@ def summarize(report: dict) -> str:
     lines = [f"{job.get('name', '?')}: {report.get('status', '?')}"]
     if report.get("error"):
         lines[0] += f" — {report['error']}"
+    sl = report.get("slurm")
+    if isinstance(sl, dict) and sl.get("label"):
+        bind = (sl.get("cpu_bind") or {}).get("SLURM_CPU_BIND_TYPE", "").rstrip(":,")
+        lines.append(
+            f"  slurm: job {sl['label']} on {sl.get('nodelist') or '?'}, {sl.get('cpus_per_task') or '?'} CPUs per task"
+            + (f", step {sl['step_id']}" if sl.get("step_id") is not None else "")
+            + (f", cpu-bind {bind}" if bind else "")
+        )
     workers = report.get("workers") or []
     if workers:
         pinned = report.get("plan", {}).get("pinned")

@@ -66,7 +66,7 @@ def test_a_step_narrower_than_the_job():
     step = {**JOB, "SLURM_STEP_ID": "0", "SLURM_CPUS_ON_NODE": "1", "SLURM_CPU_BIND_TYPE": "mask_cpu:"}
     msg = step_cpu_problem(slurm_allocation(step), [3], 4)
     assert msg.startswith("slurm: job 42 needs 4 CPUs the plan pins, but this process may only run on 1 (3)")
-    assert "this srun step got 1 of the job's 4 CPUs on this node, bound with 'mask_cpu:'" in msg
+    assert "this srun step got 1 of the job's 4 CPUs on this node, bound with 'mask_cpu'" in msg
     assert "Slurm 22.05" in msg and "srun --cpu-bind=none -c $SLURM_CPUS_PER_TASK" in msg
 
 

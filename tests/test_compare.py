@@ -330,3 +330,17 @@ def test_ok_only_leaves_out_and_names_runs_that_did_not_finish(tmp_path):
     assert alone.returncode == 2 and "--ok-only left 1 report with status 'ok'; needs at least two" in alone.stderr
     mismatch = run_cli("compare", "--labels", "x", str(a), str(c))
     assert mismatch.returncode == 2 and "--labels: 1 labels for 2 reports" in mismatch.stderr
+
+
+def test_slurm_variables_are_not_settings_that_differ():
+    a, b = make_report("none", REF), make_report("compact", FAST)
+    for i, r in enumerate((a, b)):
+        r["host"]["env"] = {"OMP_NUM_THREADS": "1", "SLURM_JOB_ID": str(10 + i), "SLURM_SRUN_COMM_PORT": str(4000 + i)}
+        r["slurm"] = {"job_id": 10 + i, "cpus_per_task": 2, "cpu_bind": {"SLURM_CPU_BIND_TYPE": "none,"}}
+    cmp = compare_reports([("a", a), ("b", b)])
+    assert "thread env" not in cmp.differs and "allocation" not in cmp.differs
+    b["slurm"]["cpus_per_task"] = 4
+    assert compare_reports([("a", a), ("b", b)]).differs["allocation"] == [
+        "slurm, 2 CPUs per task, cpu-bind none",
+        "slurm, 4 CPUs per task, cpu-bind none",
+    ]

@@ -147,7 +147,9 @@ def test_pinned_and_unpinned_jobs_run_where_slurm_put_them(slurm, tmp_path):
     assert not u["plan"]["pinned"]
     assert all(set(w["cpus_observed"]) == set(u["topology"]["usable"]) for w in u["workers"])
     assert not job_segments(pinned) and not job_segments(unpinned)
-    assert "result: sum = " in log_of(tmp_path, f"t-{pinned}.out"), "the summary goes to the job's log"
+    log = log_of(tmp_path, f"t-{pinned}.out")
+    assert "result: sum = " in log, "the summary goes to the job's log"
+    assert f"slurm: job {pinned} on " in log and "2 CPUs per task, step 0, cpu-bind none" in log
 
 
 def test_compare_array_and_its_dependent_compare_job(slurm, tmp_path):
@@ -170,6 +172,7 @@ def test_compare_array_and_its_dependent_compare_job(slurm, tmp_path):
     assert all(r["slurm"]["array_job_id"] == int(array) for r in reports)
     text = (tmp_path / "reports" / f"t-{array}-compare.txt").read_text()
     assert "[none]" in text and "[compact]" in text
+    assert "SLURM_" not in text, "job ids and ports differ in every job; they are not settings that differ"
     data = json.loads((tmp_path / "reports" / f"t-{array}-compare.json").read_text())
     assert [r["label"] for r in data["runs"]] == ["none", "compact"]
     assert (tmp_path / "logs" / f"t-compare-array-{array}.sbatch").is_file()
