@@ -120,8 +120,12 @@ def add_report_commands(sub: Any) -> None:
         "per-repeat values. Reports from different hosts, CPU models, data or kernels, or whose status is "
         "not ok, are refused unless --force.",
     )
-    p.add_argument("reports", nargs="+", metavar="REPORT",
-                   help="report files (JSON), or directories of reports; the first is the reference")
+    p.add_argument(
+        "reports",
+        nargs="+",
+        metavar="REPORT",
+        help="report files (JSON), or directories of reports; the first is the reference",
+    )
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="machine-readable comparison")
     fmt.add_argument("--markdown", action="store_true", help="Markdown tables, for pasting into docs")
@@ -143,8 +147,13 @@ def add_report_commands(sub: Any) -> None:
         "machine are skipped with the reason. Ctrl-C or SIGTERM stops after keeping what finished.",
     )
     p.add_argument("spec", help="YAML job spec")
-    p.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
-                   help="an axis, e.g. pinning=none,compact or numa.partition=true,false (repeatable)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="an axis, e.g. pinning=none,compact or numa.partition=true,false (repeatable)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field in every run")
     p.add_argument("--out", metavar="DIR", help="where reports and summary go (default sweeps/NAME-TIMESTAMP)")
     p.add_argument("--force", action="store_true", help="reuse a DIR that already holds a sweep")
@@ -161,7 +170,11 @@ def add_report_commands(sub: Any) -> None:
     )
     p.add_argument("reports", nargs="+", metavar="DIR-or-REPORT", help="report files, or directories of reports")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="image to write (.png, .svg, .pdf)")
-    p.add_argument("--kind", choices=["auto", "scaling", "timeline", "both"], default="auto",
-                   help="auto: scaling for several reports, timeline for one")
+    p.add_argument(
+        "--kind",
+        choices=["auto", "scaling", "timeline", "both"],
+        default="auto",
+        help="auto: scaling for several reports, timeline for one",
+    )
     p.add_argument("--force", action="store_true", help="draw reports from different hosts/data/kernels together")
     p.set_defaults(func=cmd_plot)

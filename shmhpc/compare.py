@@ -110,8 +110,10 @@ def _placement_text(report: dict, source: str) -> str | None:
     plan_workers = _dig(report, "plan.workers", source)
     if not isinstance(plan_workers, list):
         return None
-    return " / ".join(format_cpulist(_cpus(w.get("cpus") if isinstance(w, dict) else None, "plan.workers[].cpus",
-                                           source)) for w in plan_workers)
+    return " / ".join(
+        format_cpulist(_cpus(w.get("cpus") if isinstance(w, dict) else None, "plan.workers[].cpus", source))
+        for w in plan_workers
+    )
 
 
 def _obj(v: Any) -> dict[str, Any]:
@@ -144,8 +146,12 @@ def run_settings(report: dict, source: str = "report") -> dict[str, Any]:
         "accumulate": job.get("accumulate"),
         "repeats": job.get("repeats"),
         "warmup": job.get("warmup"),
-        "data source": " ".join(str(x) for x in (data.get("source"), data.get("distribution"), data.get("path"),
-                                                 f"seed {data.get('seed')}") if x is not None) or None,
+        "data source": " ".join(
+            str(x)
+            for x in (data.get("source"), data.get("distribution"), data.get("path"), f"seed {data.get('seed')}")
+            if x is not None
+        )
+        or None,
         # Slurm's variables differ in every job (ids, ports, pids): the allocation line says what matters.
         "thread env": " ".join(f"{k}={v}" for k, v in sorted(env.items()) if not k.startswith("SLURM_")) or "-",
         "allocation": _allocation_text(_obj(report.get("slurm"))),
@@ -236,8 +242,9 @@ def refusals(reports: list[tuple[str, dict]]) -> list[str]:
         status = r.get("status")
         if status != "ok":
             err = r.get("error")
-            out.append(f"{src} has status {status!r}, not 'ok'" + (f" ({err})" if err else "")
-                       + "; its numbers are incomplete")
+            out.append(
+                f"{src} has status {status!r}, not 'ok'" + (f" ({err})" if err else "") + "; its numbers are incomplete"
+            )
     return out
 
 
@@ -331,16 +338,21 @@ def _placement(report: dict, source: str) -> tuple[bool | None, bool, str, list[
         ran = _cpus(w.get("cpus_ran_on"), "workers[].cpus_ran_on", source)
         union |= set(obs)
         ran_union |= set(ran)
-        places.append(WorkerPlace(w.get("rank"), format_cpulist(req), format_cpulist(obs), format_cpulist(ran),
-                                  w.get("node")))
+        places.append(
+            WorkerPlace(w.get("rank"), format_cpulist(req), format_cpulist(obs), format_cpulist(ran), w.get("node"))
+        )
         if pinned and (obs != req or not set(ran) <= set(req)):
-            bad.append(f"rank {w.get('rank')} asked {format_cpulist(req)}, observed {format_cpulist(obs)}, "
-                       f"ran on {format_cpulist(ran) or '-'}")
+            bad.append(
+                f"rank {w.get('rank')} asked {format_cpulist(req)}, observed {format_cpulist(obs)}, "
+                f"ran on {format_cpulist(ran) or '-'}"
+            )
     pages = []
     for p in _dig(report, "pages.partitions", source) or []:
         if isinstance(p, dict) and _is_num(p.get("fraction_on_node")):
-            pages.append(f"rows {p.get('start')}-{p.get('stop')}: {p['fraction_on_node']:.0%} of sampled pages "
-                         f"on node {p.get('node')}")
+            pages.append(
+                f"rows {p.get('start')}-{p.get('stop')}: {p['fraction_on_node']:.0%} of sampled pages "
+                f"on node {p.get('node')}"
+            )
     if not places:
         return pinned, False, f"no worker placement recorded (status {report.get('status')})", places, pages
     if pinned:
@@ -421,8 +433,10 @@ def _same_text(reports: list[tuple[str, dict]]) -> dict[str, str]:
     kernel = _dig(r, "job.kernel", src)
     out = {
         "host": f"{_dig(r, 'host.hostname', src)} ({_dig(r, 'host.cpu_model', src)})",
-        "data": (f"{'×'.join(str(x) for x in shape) if isinstance(shape, list) else shape} "
-                 f"{_dig(r, 'data.dtype', src)}" + (f" = {nbytes / 1e6:,.1f} MB" if nbytes is not None else "")),
+        "data": (
+            f"{'×'.join(str(x) for x in shape) if isinstance(shape, list) else shape} "
+            f"{_dig(r, 'data.dtype', src)}" + (f" = {nbytes / 1e6:,.1f} MB" if nbytes is not None else "")
+        ),
         "kernel": str(kernel),
     }
     return out
@@ -446,16 +460,30 @@ def compare_reports(
     placements = [_placement(r, src) for src, r in reports]
     why_not = refusals(reports)
     if why_not and not force:
-        raise SpecError([f"compare: {m}" for m in why_not]
-                        + ["compare: refusing to compare these reports; add --force to compare anyway"])
+        raise SpecError(
+            [f"compare: {m}" for m in why_not]
+            + ["compare: refusing to compare these reports; add --force to compare anyway"]
+        )
     lab = make_labels(settings, labels)
     warnings = [f"forced: {m}" for m in why_not]
     runs = []
     for (src, r), s, lb, pl in zip(reports, settings, lab, placements):
         pinned, ok, verdict, places, pages = pl
-        runs.append(Run(label=lb, path=src, name=str(_dig(r, "job.name", src)), status=str(r.get("status")),
-                        started_at=r.get("started_at"), settings=s, pinned=pinned, placement_ok=ok,
-                        placement_verdict=verdict, workers=places, pages=pages))
+        runs.append(
+            Run(
+                label=lb,
+                path=src,
+                name=str(_dig(r, "job.name", src)),
+                status=str(r.get("status")),
+                started_at=r.get("started_at"),
+                settings=s,
+                pinned=pinned,
+                placement_ok=ok,
+                placement_verdict=verdict,
+                workers=places,
+                pages=pages,
+            )
+        )
         if pinned and not ok:
             warnings.append(f"[{lb}] {verdict}")
     metrics = []
@@ -470,26 +498,35 @@ def compare_reports(
             f"{smp.stdev / abs(smp.mean):.0%} of the mean {m.title}"
             for m in metrics
             for smp in [m.samples[i]]
-            if not m.single and smp.n > 1 and smp.mean and smp.stdev is not None
+            if not m.single
+            and smp.n > 1
+            and smp.mean
+            and smp.stdev is not None
             and smp.stdev >= NOISY_CV * abs(smp.mean)
         ]
         if noisy:
-            warnings.append(f"[{lb}] noisy: the stdev is {' and '.join(noisy)} (≥ {NOISY_CV:.0%}); the machine was "
-                            "busy or the repeats too short: use more repeats, more data, or a quieter machine")
+            warnings.append(
+                f"[{lb}] noisy: the stdev is {' and '.join(noisy)} (≥ {NOISY_CV:.0%}); the machine was "
+                "busy or the repeats too short: use more repeats, more data, or a quieter machine"
+            )
     for lb, v in zip(lab, values):
         n = len(v["repeat"])
         if n < MIN_REPEATS:
-            warnings.append(f"[{lb}] only {n} repeat{'s' * (n != 1)} (< {MIN_REPEATS}): too few for the test to "
-                            f"tell a real difference from noise; set repeats: {MIN_REPEATS} or more")
+            warnings.append(
+                f"[{lb}] only {n} repeat{'s' * (n != 1)} (< {MIN_REPEATS}): too few for the test to "
+                f"tell a real difference from noise; set repeats: {MIN_REPEATS} or more"
+            )
     keys = list(settings[0])
-    differs = {k: [_fmt_setting(s[k]) for s in settings] for k in keys
-               if len({_fmt_setting(s[k]) for s in settings}) > 1}
+    differs = {
+        k: [_fmt_setting(s[k]) for s in settings] for k in keys if len({_fmt_setting(s[k]) for s in settings}) > 1
+    }
     for dotted, _what, _why in _INVARIANTS:  # forced comparisons show the forbidden differences too
         vals = [_fmt_setting(_dig(r, dotted, src)) for src, r in reports]
         if len(set(vals)) > 1:
             differs[dotted] = vals
-    return Comparison(runs=runs, same={} if why_not else _same_text(reports), differs=differs, metrics=metrics,
-                      warnings=warnings)
+    return Comparison(
+        runs=runs, same={} if why_not else _same_text(reports), differs=differs, metrics=metrics, warnings=warnings
+    )
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -518,8 +555,10 @@ def format_value(sample: Sample, unit: str) -> str:
 
 
 def _worker_line(w: WorkerPlace) -> str:
-    return (f"rank {w.rank}: cpus {w.cpus_observed or '-'} (asked {w.cpus_requested or '-'}), "
-            f"ran on {w.cpus_ran_on or '-'}, node {'-' if w.node is None else w.node}")
+    return (
+        f"rank {w.rank}: cpus {w.cpus_observed or '-'} (asked {w.cpus_requested or '-'}), "
+        f"ran on {w.cpus_ran_on or '-'}, node {'-' if w.node is None else w.node}"
+    )
 
 
 def render_text(cmp: Comparison) -> str:
@@ -532,8 +571,11 @@ def render_text(cmp: Comparison) -> str:
         out.append("same in every run: " + ", ".join(f"{k} {v}" for k, v in cmp.same.items()))
     if cmp.differs:
         out.append("what differs:")
-        out.append(text_table(["setting"] + [f"[{r.label}]" for r in cmp.runs],
-                              [[k, *v] for k, v in cmp.differs.items()], indent="  "))
+        out.append(
+            text_table(
+                ["setting"] + [f"[{r.label}]" for r in cmp.runs], [[k, *v] for k, v in cmp.differs.items()], indent="  "
+            )
+        )
     else:
         out.append("what differs: nothing in the recorded settings (the same job run again)")
     out.append("")
@@ -543,8 +585,15 @@ def render_text(cmp: Comparison) -> str:
         ref_cell = f"[{ref.label}] {format_value(m.samples[0], m.unit)}"
         for i, r in enumerate(cmp.runs[1:], start=1):
             ch = m.changes[i]
-            rows.append([m.title if i == 1 else "", ref_cell, "->",
-                         f"[{r.label}] {format_value(m.samples[i], m.unit)}:", ch.verdict if ch else ""])
+            rows.append(
+                [
+                    m.title if i == 1 else "",
+                    ref_cell,
+                    "->",
+                    f"[{r.label}] {format_value(m.samples[i], m.unit)}:",
+                    ch.verdict if ch else "",
+                ]
+            )
     out.append(text_table(["metric", "reference", "", "run", "change"], rows, indent="  "))
     out.append("")
     out.append("where the workers ran (cpus = observed inside the worker; ran on = sampled each repeat):")
@@ -564,14 +613,21 @@ def render_text(cmp: Comparison) -> str:
 def render_markdown(cmp: Comparison) -> str:
     """Markdown tables for docs: runs, what differs, results, placement; warnings as a list."""
     ref = cmp.runs[0]
-    parts = [markdown_table(["run", "report", "job", "status"],
-                            [[f"[{r.label}]" + (" (reference)" if i == 0 else ""), f"`{r.path}`", r.name, r.status]
-                             for i, r in enumerate(cmp.runs)])]
+    parts = [
+        markdown_table(
+            ["run", "report", "job", "status"],
+            [
+                [f"[{r.label}]" + (" (reference)" if i == 0 else ""), f"`{r.path}`", r.name, r.status]
+                for i, r in enumerate(cmp.runs)
+            ],
+        )
+    ]
     if cmp.same:
         parts.append("Same in every run: " + ", ".join(f"{k} {v}" for k, v in cmp.same.items()) + ".")
     if cmp.differs:
-        parts.append(markdown_table(["setting"] + [f"[{r.label}]" for r in cmp.runs],
-                                    [[k, *v] for k, v in cmp.differs.items()]))
+        parts.append(
+            markdown_table(["setting"] + [f"[{r.label}]" for r in cmp.runs], [[k, *v] for k, v in cmp.differs.items()])
+        )
     headers = ["metric", f"[{ref.label}]"]
     for r in cmp.runs[1:]:
         headers += [f"[{r.label}]", f"[{r.label}] vs [{ref.label}]"]
@@ -582,16 +638,26 @@ def render_markdown(cmp: Comparison) -> str:
             ch = m.changes[i]
             row += [format_value(m.samples[i], m.unit), ch.verdict if ch else ""]
         rows.append(row)
-    parts.append(markdown_table(headers, rows)
-                 + f"\n\nMedian ± stdev over repeats; Welch's t-test, two-sided, α = {cmp.alpha}.")
+    parts.append(
+        markdown_table(headers, rows) + f"\n\nMedian ± stdev over repeats; Welch's t-test, two-sided, α = {cmp.alpha}."
+    )
     prow = []
     for r in cmp.runs:
         for w in r.workers:
-            prow.append([f"[{r.label}]", str(w.rank), w.cpus_requested, w.cpus_observed, w.cpus_ran_on,
-                         "-" if w.node is None else str(w.node)])
+            prow.append(
+                [
+                    f"[{r.label}]",
+                    str(w.rank),
+                    w.cpus_requested,
+                    w.cpus_observed,
+                    w.cpus_ran_on,
+                    "-" if w.node is None else str(w.node),
+                ]
+            )
     verdicts = "\n".join(f"- [{r.label}] {r.placement_verdict}" for r in cmp.runs)
-    parts.append(markdown_table(["run", "rank", "cpus asked", "cpus observed", "ran on", "node"], prow)
-                 + "\n\n" + verdicts)
+    parts.append(
+        markdown_table(["run", "rank", "cpus asked", "cpus observed", "ran on", "node"], prow) + "\n\n" + verdicts
+    )
     if cmp.warnings:
         parts.append("Warnings:\n\n" + "\n".join(f"- {w}" for w in cmp.warnings))
     return "\n\n".join(parts)

@@ -33,7 +33,14 @@ from .errors import SpecError
 from .topology import Topology
 
 __all__ = [
-    "Partition", "Plan", "WorkerPlan", "cpus_needed", "expand_likwid", "plan_job", "resolve_cpus", "split_rows",
+    "Partition",
+    "Plan",
+    "WorkerPlan",
+    "cpus_needed",
+    "expand_likwid",
+    "plan_job",
+    "resolve_cpus",
+    "split_rows",
 ]
 
 PAGE = 4096
@@ -131,6 +138,7 @@ class Plan:
 
 
 # -- CPU orderings -------------------------------------------------------------------
+
 
 def _physical_first(topo: Topology, cpus: list[int]) -> list[int]:
     """Logical order: first thread of every core (node, package, core order), then second threads, …"""
@@ -269,6 +277,7 @@ def _expand_e(fields: list[str], topo: Topology, where: str, part: str) -> list[
 
 
 # -- from policy to per-worker CPU sets ----------------------------------------------
+
 
 def _node_of(topo: Topology, cpus: tuple[int, ...]) -> int | None:
     if not cpus:
@@ -423,6 +432,7 @@ def _cpuset(cpus: list[int]) -> tuple[int, ...]:
 
 # -- rows, partitions, chunks --------------------------------------------------------
 
+
 def _align_rows(row_bytes: int) -> int:
     """Rows per boundary so that boundaries fall on page starts (pages must not straddle NUMA partitions)."""
     return PAGE // math.gcd(PAGE, row_bytes) if row_bytes > 0 else 1
@@ -501,5 +511,15 @@ def plan_job(
         k = min(chunks_per_worker, hi - lo)
         chunks = tuple(split_rows(hi - lo, k, align, start=lo)) if k > 0 else ()
         plans.append(WorkerPlan(rank, sets[rank], nodes[rank], (lo, hi), chunks))
-    return Plan(label, pinned, threads_per_worker, plans, partitions, n_rows, row_bytes, topology.usable,
-                topology.usable_source, warnings)
+    return Plan(
+        label,
+        pinned,
+        threads_per_worker,
+        plans,
+        partitions,
+        n_rows,
+        row_bytes,
+        topology.usable,
+        topology.usable_source,
+        warnings,
+    )

@@ -42,8 +42,10 @@ def require_matplotlib() -> Any:
 def _check_mixable(reports: list[tuple[str, dict]], force: bool) -> list[str]:
     why = [m for m in refusals(reports) if "has status" not in m]
     if why and not force:
-        raise SpecError([f"plot: {m}" for m in why] + ["plot: refusing to draw these reports together; "
-                                                       "add --force to draw them anyway"])
+        raise SpecError(
+            [f"plot: {m}" for m in why]
+            + ["plot: refusing to draw these reports together; add --force to draw them anyway"]
+        )
     return [f"forced: {m}" for m in why]
 
 
@@ -65,8 +67,10 @@ def _describe(report: dict) -> str:
     shape_text = "×".join(f"{x:,}" for x in shape) if isinstance(shape, list) else str(shape)
     nbytes = data.get("nbytes")
     size = f" ({nbytes / 1e6:,.1f} MB)" if isinstance(nbytes, (int, float)) else ""
-    return (f"{(report.get('job') or {}).get('kernel')} over {shape_text} {data.get('dtype')}{size} "
-            f"on {host.get('hostname')} ({host.get('cpu_model')})")
+    return (
+        f"{(report.get('job') or {}).get('kernel')} over {shape_text} {data.get('dtype')}{size} "
+        f"on {host.get('hostname')} ({host.get('cpu_model')})"
+    )
 
 
 def _save(fig: Any, out: str | Path) -> Path:
@@ -101,7 +105,8 @@ def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: boo
     for (_, r), s in zip(usable, settings):
         name = " ".join([str(s["pinning"])] + [f"{LABEL_KEYS[k] or k + '='}{s[k]}" for k in differ])
         lines.setdefault(name, {}).setdefault(int(s["workers"]), []).extend(
-            float(x) for x in r["bandwidth"]["gbps_per_repeat"])
+            float(x) for x in r["bandwidth"]["gbps_per_repeat"]
+        )
 
     fig = figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
@@ -112,8 +117,12 @@ def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: boo
         ys = [statistics.median(points[x]) for x in xs]
         errs = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=4, label=name)
-    ceilings = [c for _, r in usable for c in [(r.get("bandwidth") or {}).get("ceiling_gbps")]
-                if isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0]
+    ceilings = [
+        c
+        for _, r in usable
+        for c in [(r.get("bandwidth") or {}).get("ceiling_gbps")]
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0
+    ]
     if ceilings:
         ceiling = max(ceilings)
         ax.axhline(ceiling, linestyle="--", color="gray", label=f"measured bandwidth ceiling {ceiling:.1f} GB/s")
@@ -123,8 +132,12 @@ def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: boo
     ax.set_ylabel("GB/s (median over repeats; bars: ±1 stdev)")
     ax.grid(True, alpha=0.3)
     ax.legend(title="pinning")
-    ax.set_title(_describe(usable[0][1]) if len({repr((r.get("host") or {}).get("hostname")) for _, r in usable}) == 1
-                 else _describe(usable[0][1]) + " and other hosts", fontsize=10)
+    ax.set_title(
+        _describe(usable[0][1])
+        if len({repr((r.get("host") or {}).get("hostname")) for _, r in usable}) == 1
+        else _describe(usable[0][1]) + " and other hosts",
+        fontsize=10,
+    )
     fig.suptitle("Bandwidth against workers")
     _save(fig, out)
     return notes
@@ -179,8 +192,10 @@ def plot_timeline(reports: list[tuple[str, dict]], out: str | Path, *, force: bo
                 t += ms
                 g += 1
             node = w.get("node")
-            ticks.append(f"rank {w.get('rank')}\nCPUs {format_cpulist(w.get('cpus_observed') or []) or '-'}"
-                         + ("" if node is None else f", node {node}"))
+            ticks.append(
+                f"rank {w.get('rank')}\nCPUs {format_cpulist(w.get('cpus_observed') or []) or '-'}"
+                + ("" if node is None else f", node {node}")
+            )
         ax.set_yticks(range(len(ticks)), labels=ticks, fontsize=8)
         ax.set_ylim(len(ticks) - 0.5, -0.5)  # rank 0 on top
         walls = (r.get("timings") or {}).get("repeat_s") or []
@@ -191,8 +206,11 @@ def plot_timeline(reports: list[tuple[str, dict]], out: str | Path, *, force: bo
         n = len(walls)
         policy = (r.get("plan") or {}).get("policy")
         nw = len(r["workers"])
-        ax.set_title(f"[{label}] {(r.get('job') or {}).get('name')}: pinning {policy}, "
-                     f"{nw} worker{'s' * (nw != 1)}, last repeat ({n} of {n}){wall}", fontsize=9)
+        ax.set_title(
+            f"[{label}] {(r.get('job') or {}).get('name')}: pinning {policy}, "
+            f"{nw} worker{'s' * (nw != 1)}, last repeat ({n} of {n}){wall}",
+            fontsize=9,
+        )
         ax.grid(True, axis="x", alpha=0.3)
     axes[-1].set_xlim(0, xmax * 1.05 if xmax > 0 else 1)
     axes[-1].set_xlabel("ms since the worker received the repeat (its chunks run back to back)")

@@ -97,8 +97,12 @@ def welch_test(a: list[float], b: list[float], alpha: float = ALPHA) -> TTest | 
     se2 = v1 + v2
     if se2 == 0.0:  # both samples constant: identical means are no difference, different ones are certain
         same = m1 == m2
-        return TTest(t=0.0 if same else math.copysign(math.inf, m2 - m1), df=float(n1 + n2 - 2),
-                     p=1.0 if same else 0.0, significant=not same)
+        return TTest(
+            t=0.0 if same else math.copysign(math.inf, m2 - m1),
+            df=float(n1 + n2 - 2),
+            p=1.0 if same else 0.0,
+            significant=not same,
+        )
     t = (m2 - m1) / math.sqrt(se2)
     df = se2 * se2 / ((v1 * v1) / (n1 - 1) + (v2 * v2) / (n2 - 1))
     p = t_two_sided_p(t, df)

@@ -33,14 +33,30 @@ from .cpulist import parse_cpulist
 from .errors import SpecError
 
 __all__ = [
-    "DataSpec", "JobSpec", "NumaSpec", "SlurmSpec", "apply_overrides", "json_schema", "load_spec", "spec_from_dict",
+    "DataSpec",
+    "JobSpec",
+    "NumaSpec",
+    "SlurmSpec",
+    "apply_overrides",
+    "json_schema",
+    "load_spec",
+    "spec_from_dict",
 ]
 
 # Largest array we accept: 64 TiB. Anything larger is a typo, not a job.
 MAX_BYTES = 64 * 2**40
 GENERATE_DTYPES = ("float32", "float64")
 FILE_DTYPES = (
-    "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
 )
 MAX_SPEC_BYTES = 1 << 20  # a job spec is a few hundred bytes; refuse megabytes of YAML
 # A job spec is 3 levels deep (top -> pinning -> one worker's CPUs). Refusing anything much deeper
@@ -54,6 +70,7 @@ _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 def policy_slug(policy: str) -> str:
     """A pinning policy as it goes into a report's file name (``{pinning}``): ``S0:0-1`` → ``S0_0-1``."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in policy)
+
 
 PosInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
@@ -89,8 +106,15 @@ def _check_pinning(v: Any) -> Any:
             raise _problems([("", f"empty expression; allowed: {allowed}")])
         return v.strip()
     if not isinstance(v, list) or not v:
-        raise _problems([("", f"must be one of {', '.join(POLICIES)}, a list of per-worker CPU lists "
-                              f"([[0], [1]]) or a likwid-style expression like 'N:0-3' (got {_short(v)})")])
+        raise _problems(
+            [
+                (
+                    "",
+                    f"must be one of {', '.join(POLICIES)}, a list of per-worker CPU lists "
+                    f"([[0], [1]]) or a likwid-style expression like 'N:0-3' (got {_short(v)})",
+                )
+            ]
+        )
     out: list[list[int]] = []
     problems: list[tuple[str, str]] = []
     for i, item in enumerate(v):
@@ -213,9 +237,7 @@ def _data_problems(d: Mapping[str, Any], bad: frozenset[str] = frozenset()) -> l
 class NumaSpec(_Model):
     """NUMA data placement."""
 
-    partition: bool = Field(
-        True, description="one partition per NUMA node that has workers, sized by its worker count"
-    )
+    partition: bool = Field(True, description="one partition per NUMA node that has workers, sized by its worker count")
 
 
 # Slurm's own time formats (sbatch --time): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
@@ -317,17 +339,22 @@ class SlurmSpec(_Model):
     def _signal_before_end(self) -> SlurmSpec:
         minutes = slurm_time_minutes(self.time)
         if minutes is not None and self.signal_lead_s >= minutes * 60:
-            raise _problems([("signal_lead_s", f"{self.signal_lead_s} s is not before the end of a {self.time!r} "
-                                               f"time limit ({minutes * 60:g} s)")])
+            raise _problems(
+                [
+                    (
+                        "signal_lead_s",
+                        f"{self.signal_lead_s} s is not before the end of a {self.time!r} "
+                        f"time limit ({minutes * 60:g} s)",
+                    )
+                ]
+            )
         return self
 
 
 class JobSpec(_Model):
     """A shmhpc job: data, workers, placement, kernel, repeats and report."""
 
-    name: Annotated[str, Field(pattern=_NAME_RE)] = Field(
-        ..., description="job name: letters, digits, '_', '.', '-'"
-    )
+    name: Annotated[str, Field(pattern=_NAME_RE)] = Field(..., description="job name: letters, digits, '_', '.', '-'")
     data: DataSpec
     workers: Annotated[PosInt | Literal["auto"], BeforeValidator(_check_workers)] = Field(
         "auto", description="count, or auto = one per usable physical core"
@@ -392,6 +419,7 @@ class JobSpec(_Model):
 
 
 # -- loading & messages --------------------------------------------------------------
+
 
 def _itemsize(dtype: str) -> int:
     return int(re.sub(r"\D", "", dtype) or 8) // 8
@@ -564,9 +592,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
                 None, None, f"a key must be a string or a number, not {type(key).__name__}", key_node.start_mark
             )
         if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 

@@ -157,6 +157,7 @@ class Topology:
 
 # -- reading -------------------------------------------------------------------------
 
+
 def read_text(path: str | os.PathLike[str]) -> str | None:
     """A small kernel file (sysfs, procfs) stripped, or None when absent, unreadable or not text."""
     try:
@@ -320,8 +321,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
             cpus[member] = Cpu(cpu.id, cpu.package, cpu.core_id, cpu.node, tuple(sorted(members)))
 
     nodes = {
-        nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1])
-        for nid in sorted(node_cpus)
+        nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1]) for nid in sorted(node_cpus)
     }
 
     is_real = os.path.realpath(root_s) == os.path.realpath(DEFAULT_ROOT)
@@ -348,6 +348,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
 
 
 # -- the CPUs this process may use (cgroups, affinity, Slurm) -------------------------
+
 
 def cgroup_dir() -> Path | None:
     """This process's cgroup v2 directory, from /proc/self/cgroup (joblib/loky#634)."""

@@ -44,19 +44,21 @@ def make_report(
         rows = [i * rows_per, size if i == workers - 1 else (i + 1) * rows_per]
         mid = (rows[0] + rows[1]) // 2
         share = [s * 0.9 for s in repeat_s]
-        ws.append({
-            "rank": i,
-            "pid": 1000 + i,
-            "cpus_requested": requested[i],
-            "cpus_observed": observed[i],
-            "cpus_ran_on": [observed[i][0]] if pinned else sorted({usable[0], usable[-1]}),
-            "pinned_ok": observed[i] == requested[i],
-            "node": 0,
-            "rows": rows,
-            "chunks": [[rows[0], mid], [mid, rows[1]]],
-            "repeat_s": share,
-            "chunk_s": [[s * 0.4, s * 0.5] for s in repeat_s],
-        })
+        ws.append(
+            {
+                "rank": i,
+                "pid": 1000 + i,
+                "cpus_requested": requested[i],
+                "cpus_observed": observed[i],
+                "cpus_ran_on": [observed[i][0]] if pinned else sorted({usable[0], usable[-1]}),
+                "pinned_ok": observed[i] == requested[i],
+                "node": 0,
+                "rows": rows,
+                "chunks": [[rows[0], mid], [mid, rows[1]]],
+                "repeat_s": share,
+                "chunk_s": [[s * 0.4, s * 0.5] for s in repeat_s],
+            }
+        )
     bandwidth: dict[str, Any] = {
         "bytes_per_repeat": nbytes,
         "gbps_per_repeat": gbps,
@@ -92,8 +94,15 @@ def make_report(
             "shmhpc": "0.1.0",
             "env": {},
         },
-        "data": {"source": "generate", "distribution": "normal", "seed": 0, "path": None,
-                 "shape": [size], "dtype": dtype, "nbytes": nbytes},
+        "data": {
+            "source": "generate",
+            "distribution": "normal",
+            "seed": 0,
+            "path": None,
+            "shape": [size],
+            "dtype": dtype,
+            "nbytes": nbytes,
+        },
         "plan": {
             "policy": policy,
             "pinned": pinned,

@@ -50,8 +50,7 @@ def test_p_value_closed_forms_for_one_and_two_degrees_of_freedom(t):
 @pytest.mark.parametrize(
     ("df", "t_crit"),
     # Two-sided 5 % critical values from any t table (t_{0.975, ν}).
-    [(1, 12.706204736), (2, 4.302652730), (4, 2.776445105), (8, 2.306004135), (10, 2.228138852),
-     (30, 2.042272456)],
+    [(1, 12.706204736), (2, 4.302652730), (4, 2.776445105), (8, 2.306004135), (10, 2.228138852), (30, 2.042272456)],
 )
 def test_p_value_is_alpha_at_textbook_critical_values(df, t_crit):
     assert t_two_sided_p(t_crit, df) == pytest.approx(0.05, abs=1e-7)
@@ -97,8 +96,10 @@ def test_welch_degenerate_samples():
     assert differ is not None and differ.p == 0.0 and differ.significant
 
 
-@pytest.mark.skipif(importlib.util.find_spec("scipy") is None, reason="scipy not installed: checked against "
-                    "closed forms, t tables and numerical integration instead")
+@pytest.mark.skipif(
+    importlib.util.find_spec("scipy") is None,
+    reason="scipy not installed: checked against closed forms, t tables and numerical integration instead",
+)
 def test_against_scipy():  # pragma: no cover - only where scipy happens to be installed
     from scipy import stats
 
@@ -155,17 +156,20 @@ def test_spread_and_few_repeats_warnings():
 
 
 def test_labels_tell_apart_runs_with_the_same_policy():
-    cmp = compare_reports([
-        ("a", make_report("compact", REF, workers=2)),
-        ("b", make_report("compact", FAST, workers=4)),
-        ("c", make_report("none", FAST, workers=4)),
-    ])
+    cmp = compare_reports(
+        [
+            ("a", make_report("compact", REF, workers=2)),
+            ("b", make_report("compact", FAST, workers=4)),
+            ("c", make_report("none", FAST, workers=4)),
+        ]
+    )
     assert [r.label for r in cmp.runs] == ["compact w=2", "compact w=4", "none"]
     twice = compare_reports([("a", make_report("compact", REF)), ("b", make_report("compact", FAST))])
     assert [r.label for r in twice.runs] == ["compact #1", "compact #2"]
     assert "nothing in the recorded settings" in render_text(twice)
-    named = compare_reports([("a", make_report("none", REF)), ("b", make_report("compact", FAST))],
-                            labels=["unpinned", "pinned"])
+    named = compare_reports(
+        [("a", make_report("none", REF)), ("b", make_report("compact", FAST))], labels=["unpinned", "pinned"]
+    )
     assert "[unpinned] 42.00 ms ± 1.58 -> [pinned] 32.00 ms ± 1.58" in _flat(render_text(named))
     with pytest.raises(SpecError, match="--labels: 1 labels for 2 reports"):
         compare_reports([("a", make_report("none")), ("b", make_report())], labels=["x"])
@@ -275,8 +279,10 @@ def test_cli_default_json_and_markdown(tmp_path):
         ("[1, 2]", "not a shmhpc report"),
         (json.dumps(make_report(version=0)), "report version 0 is not supported; this shmhpc reads version 1"),
         (json.dumps(make_report(version=2)), "report version 2 is not supported"),
-        (json.dumps({**make_report(), "timings": {"repeat_s": ["fast"], "total_s": 1}}),
-         "malformed report: timings.repeat_s is not a list of finite numbers"),
+        (
+            json.dumps({**make_report(), "timings": {"repeat_s": ["fast"], "total_s": 1}}),
+            "malformed report: timings.repeat_s is not a list of finite numbers",
+        ),
         (json.dumps({**make_report(), "host": None}), "malformed report: no 'host' object"),
         (json.dumps({"version": 1, "kind": "shmhpc-sweep", "runs": []}), "is a sweep summary, not a run report"),
     ],

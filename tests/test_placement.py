@@ -590,8 +590,13 @@ def test_to_dict_is_json_with_integer_lists(topos: dict[str, Topology]) -> None:
     plan = _plan(topos["two_socket_smt"], "scatter", workers=3, threads_per_worker=2)
     d = plan.to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert d["workers"][1] == {"rank": 1, "cpus": [4, 5], "node": 1, "rows": list(plan.workers[1].rows),
-                               "chunks": [list(c) for c in plan.workers[1].chunks]}
+    assert d["workers"][1] == {
+        "rank": 1,
+        "cpus": [4, 5],
+        "node": 1,
+        "rows": list(plan.workers[1].rows),
+        "chunks": [list(c) for c in plan.workers[1].chunks],
+    }
     assert d["usable_cpus"] == list(range(16))
     assert d["partitions"][0]["ranks"] == [0, 2]
     assert d["policy"] == "scatter"

@@ -85,8 +85,9 @@ def test_cli_plots_a_directory_one_report_and_both(tmp_path):
     assert one.returncode == 0 and "per-worker timeline, 1 report" in one.stdout
     png_size(tmp_path / "one.png")
 
-    both = run_cli("plot", str(d / "none-1.json"), str(d / "compact-1.json"), "--kind", "both",
-                   "-o", str(tmp_path / "pair.png"))
+    both = run_cli(
+        "plot", str(d / "none-1.json"), str(d / "compact-1.json"), "--kind", "both", "-o", str(tmp_path / "pair.png")
+    )
     assert both.returncode == 0, both.stderr
     png_size(tmp_path / "pair.png")
     png_size(tmp_path / "pair-timeline.png")
