@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .slurm import Rendered
 
 __all__ = ["add_slurm_commands"]
 
@@ -42,7 +45,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Any, list[str]]:
+def _prepare(args: argparse.Namespace) -> Rendered:
     from .slurm import array_configs, render, resolve_resources
     from .slurm_submit import partition_nodes
     from .spec import load_spec
@@ -62,11 +65,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, list[str]]:
     rendered.notes.extend(notes)
     if node is None:
         rendered.notes.append("no Slurm partition could be described here: CPUs were not checked against a node")
-    return rendered, notes
+    return rendered
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    rendered, _ = _prepare(args)
+    rendered = _prepare(args)
     for note in rendered.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.output_dir:
@@ -100,7 +103,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
     if not slurm_available():
         raise SpecError("slurm submit: sbatch and scontrol are not on PATH; run it where Slurm is installed")
-    rendered, _ = _prepare(args)
+    rendered = _prepare(args)
     for note in rendered.notes:
         print(f"note: {note}", file=sys.stderr)
     done = submit(rendered, dependency=args.dependency)

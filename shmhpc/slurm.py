@@ -33,6 +33,7 @@ from .spec import JobSpec, policy_slug
 
 __all__ = [
     "TEMPLATES",
+    "COMPANION",
     "NodeInfo",
     "Resources",
     "Script",
@@ -341,7 +342,7 @@ def _set_settings(text: str, values: Mapping[str, str | Sequence[str]], template
     return "\n".join(lines)
 
 
-def _with_job_in_name(report: str, template: str) -> str:
+def _with_job_in_name(report: str) -> str:
     """The spec's report path with the placeholders a batch run needs to keep every report apart."""
     p = PurePosixPath(report)
     extra = "".join(f"-{{{k}}}" for k in ("pinning", "slurm_job") if f"{{{k}}}" not in report)
@@ -374,6 +375,19 @@ def _stamp(text: str, spec_path: str, template: str) -> str:
     """Say on the script's second line where it came from (the path JSON-quoted: one line, always)."""
     first, _, rest = text.partition("\n")
     return f"{first}\n# rendered by `shmhpc slurm render` from {json.dumps(spec_path)}, template {template}\n{rest}"
+
+
+def _script(
+    template: str,
+    wanted: Mapping[str, str | bool | None],
+    extra: Sequence[str],
+    settings: Mapping[str, str | Sequence[str]],
+    spec_path: str,
+    log: str,
+) -> Script:
+    """One template filled in: its ``#SBATCH`` options, its settings block, where it came from."""
+    text = _set_settings(_set_directives(read_template(template), wanted, extra), settings, template)
+    return Script(template, _stamp(text, spec_path, template), log)
 
 
 def _log(res: Resources, name: str) -> str:
@@ -416,7 +430,7 @@ def render(
     if template in ("pinned", "unpinned", "multinode"):
         if template == "unpinned":
             settings["SET"] = ["--set", "pinning=none", *settings["SET"]]
-        report = _with_job_in_name(spec.report, template)
+        report = _with_job_in_name(spec.report)
         settings["REPORT"] = report
         policy = "none" if template == "unpinned" else _policy(spec)
         known = {"name": spec.name, "pinning": policy_slug(policy)}
@@ -426,8 +440,7 @@ def render(
         log = _log(res, f"{spec.name}-%j.out")
         wanted = {**run_opts, "--output": log, "--nodes": str(res.nodes)}
         wanted["--ntasks-per-node" if template == "multinode" else "--ntasks"] = "1"
-        text = _set_directives(read_template(template), wanted, res.extra)
-        out.scripts.append(Script(template, _stamp(_set_settings(text, settings, template), spec_path, template), log))
+        out.scripts.append(_script(template, wanted, res.extra, settings, spec_path, log))
         return out
 
     # compare-array: the array, then the job that compares its reports.
@@ -444,8 +457,7 @@ def render(
     throttle = f"%{res.array_throttle}" if res.array_throttle else ""
     log = _log(res, f"{spec.name}-%A_%a.out")
     wanted = {**run_opts, "--output": log, "--nodes": "1", "--ntasks": "1", "--array": f"0-{n - 1}{throttle}"}
-    text = _set_directives(read_template(template), wanted, res.extra)
-    out.scripts.append(Script(template, _stamp(_set_settings(text, settings, template), spec_path, template), log))
+    out.scripts.append(_script(template, wanted, res.extra, settings, spec_path, log))
     out.reports = [str(PurePosixPath(report_dir) / f"{spec.name}-{{slurm_job}}.json") for _ in configs]
     companion = COMPANION[template]
     clog = _log(res, f"{spec.name}-compare-%j.out")
@@ -455,7 +467,6 @@ def render(
         "--time": "00:10:00",
         "--output": clog,
     }
-    ctext = _set_directives(read_template(companion), cwanted, ())
     csettings: dict[str, str | Sequence[str]] = {
         "PYTHON": python,
         "REPORT_DIR": report_dir,
@@ -463,8 +474,6 @@ def render(
         "TASKS": str(n),
         "LABELS": [c.label for c in configs],
     }
-    out.scripts.append(
-        Script(companion, _stamp(_set_settings(ctext, csettings, companion), spec_path, companion), clog)
-    )
+    out.scripts.append(_script(companion, cwanted, (), csettings, spec_path, clog))
     out.comparison = str(PurePosixPath(report_dir) / f"{spec.name}-{{array_job}}-compare")
     return out

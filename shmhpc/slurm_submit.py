@@ -18,7 +18,8 @@ from .slurm import NodeInfo, Rendered
 
 __all__ = ["Submitted", "slurm_available", "partition_nodes", "submit"]
 
-TIMEOUT_S = 30
+TIMEOUT_S = 30  # sbatch
+DESCRIBE_TIMEOUT_S = 10  # scontrol, asked while rendering: an unreachable controller must not stall it
 
 
 def slurm_available() -> bool:
@@ -27,7 +28,9 @@ def slurm_available() -> bool:
 
 def _scontrol(*args: str) -> str | None:
     try:
-        done = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        done = subprocess.run(
+            ["scontrol", *args], capture_output=True, text=True, timeout=DESCRIBE_TIMEOUT_S, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None

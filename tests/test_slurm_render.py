@@ -299,20 +299,13 @@ def test_explicit_cpu_lists_get_a_note():
 # -- the command line -------------------------------------------------------------------------
 
 
+def render_cli(tmp_path, *args: str):
+    """``shmhpc slurm render jobs/sum-pinned.yaml ARGS`` where no Slurm can be asked."""
+    return run_cli("slurm", "render", str(ROOT / "jobs" / "sum-pinned.yaml"), *args, cwd=tmp_path, env=NO_SLURM)
+
+
 def test_cli_render_prints_a_script(tmp_path):
-    out = run_cli(
-        "slurm",
-        "render",
-        str(ROOT / "jobs" / "sum-pinned.yaml"),
-        "--time",
-        "1:30:00",
-        "--partition",
-        "a b",
-        "--python",
-        "python3",
-        cwd=tmp_path,
-        env=NO_SLURM,
-    )
+    out = render_cli(tmp_path, "--time", "1:30:00", "--partition", "a b", "--python", "python3")
     assert out.returncode == 0, out.stderr
     assert "#SBATCH --time=1:30:00" in out.stdout  # unquoted YAML would have made this 5400 minutes
     assert '#SBATCH --partition="a b"' in out.stdout
@@ -320,17 +313,7 @@ def test_cli_render_prints_a_script(tmp_path):
 
 
 def test_cli_render_writes_files(tmp_path):
-    out = run_cli(
-        "slurm",
-        "render",
-        str(ROOT / "jobs" / "sum-pinned.yaml"),
-        "--template",
-        "compare-array",
-        "-o",
-        str(tmp_path / "out"),
-        cwd=tmp_path,
-        env=NO_SLURM,
-    )
+    out = render_cli(tmp_path, "--template", "compare-array", "-o", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "sum-pinned-compare-array.sbatch",
@@ -354,7 +337,7 @@ def test_cli_render_writes_files(tmp_path):
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    out = run_cli("slurm", "render", str(ROOT / "jobs" / "sum-pinned.yaml"), *args, cwd=tmp_path, env=NO_SLURM)
+    out = render_cli(tmp_path, *args)
     assert out.returncode == 2, out.stdout + out.stderr
     assert message in out.stderr
     assert "Traceback" not in out.stderr
