@@ -29,12 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shmhpc.pool import Pool, WorkerInit
-from shmhpc.runner import prepare
-from shmhpc.shm import Segment, default_shm_dir
-from shmhpc.spec import spec_from_dict
-from shmhpc.threads import thread_env
-from shmhpc.topology import read_topology
+from shmhpc import RunSession, prepare, read_topology, spec_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,56 +49,30 @@ def warm_compare(size: int, workers: int, rounds: int) -> dict:
             }
         )
         prep = prepare(spec, topo)
-        seg = Segment.create(prep.data.nbytes, default_shm_dir())
-        pool = None
-        try:
-            inits = [
-                WorkerInit(
-                    w.rank,
-                    w.cpus,
-                    prep.plan.pinned,
-                    1,
-                    thread_env(1),
-                    seg.name,
-                    default_shm_dir(),
-                    prep.data,
-                    w.rows,
-                    w.chunks,
-                    spec.kernel,
-                    acc,
-                )
-                for w in prep.plan.workers
-            ]
-            pool = Pool(inits, "forkserver")
-            pool.start(thread_env(1))
+        with RunSession(prep, start_method="forkserver") as session:
+            session.start()
             t0 = time.perf_counter()
-            pool.load()
+            session.load()
             out.setdefault("load_s", time.perf_counter() - t0)
-            arr = seg.array("float32", (size,))
-            dtype = None if acc == "native" else np.float64
-            np.sum(arr, dtype=dtype)  # fault the parent's mapping in once
-            pool.run_round(0)
-            ours, single = [], []
-            for r in range(rounds):
-                wall, _ = pool.run_round(r + 1)
-                ours.append(wall)
-                t0 = time.perf_counter()
-                np.sum(arr, dtype=dtype)
-                single.append(time.perf_counter() - t0)
-            del arr
-            mo, ms = statistics.median(ours), statistics.median(single)
-            out[acc] = {
-                "shmhpc_warm_median_s": mo,
-                "np_sum_median_s": ms,
-                "shmhpc_gbps": size * 4 / mo / 1e9,
-                "np_sum_gbps": size * 4 / ms / 1e9,
-                "speedup_vs_np_sum": ms / mo,
-            }
-        finally:
-            if pool is not None:
-                pool.close()
-            seg.close()
-            seg.unlink()
+            with session.array() as arr:
+                dtype = None if acc == "native" else np.float64
+                np.sum(arr, dtype=dtype)  # fault the parent's mapping in once
+                session.round(0)
+                ours, single = [], []
+                for r in range(rounds):
+                    wall, _ = session.round(r + 1)
+                    ours.append(wall)
+                    t0 = time.perf_counter()
+                    np.sum(arr, dtype=dtype)
+                    single.append(time.perf_counter() - t0)
+        mo, ms = statistics.median(ours), statistics.median(single)
+        out[acc] = {
+            "shmhpc_warm_median_s": mo,
+            "np_sum_median_s": ms,
+            "shmhpc_gbps": size * 4 / mo / 1e9,
+            "np_sum_gbps": size * 4 / ms / 1e9,
+            "speedup_vs_np_sum": ms / mo,
+        }
     return out
 
 

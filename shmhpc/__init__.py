@@ -2,23 +2,37 @@
 
 The few names a user imports::
 
-    from shmhpc import load_spec, read_topology, plan_job, run_job, load_report
+    from shmhpc import load_spec, read_topology, prepare, RunSession, run_job, load_report
+
+``run_job``, ``RunSession`` and ``prepare`` are imported on first use, so that planning
+(``shmhpc plan``, ``validate``) never loads the pool, the shared-memory code or signal handling.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 from .errors import RunError, ShmhpcError, SpecError
 from .placement import plan_job
 from .report import load_report
-from .runner import run_job
-from .spec import JobSpec, load_spec
+from .spec import JobSpec, load_spec, spec_from_dict
 from .topology import Topology, read_topology
+
+if TYPE_CHECKING:
+    from .planning import Prepared, prepare
+    from .runner import run_job
+    from .session import RunSession
+
+_LAZY = {"run_job": ".runner", "RunSession": ".session", "prepare": ".planning", "Prepared": ".planning"}
 
 __all__ = [
     "JobSpec",
+    "Prepared",
     "RunError",
+    "RunSession",
     "ShmhpcError",
     "SpecError",
     "Topology",
@@ -26,6 +40,14 @@ __all__ = [
     "load_report",
     "load_spec",
     "plan_job",
+    "prepare",
     "read_topology",
     "run_job",
+    "spec_from_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'shmhpc' has no attribute {name!r}")

@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .runner import prepare
+    from .planning import prepare
 
     spec = _load(args, args.spec)
     topo = _read_topology(args)
@@ -132,7 +132,7 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .runner import prepare
+    from .planning import prepare
     from .spec import load_spec
 
     topo = None

@@ -5,8 +5,10 @@ pins itself (affinity is set before it touches any memory, so its first
 touch lands on its own NUMA node), applies thread limits, attaches the shared
 segment by name (never unlinking it), and answers commands on its own pipe:
 ``load`` (first-touch and fill its rows), ``run`` (one round over its chunks),
-``stop``. Sending bounds, never data, and keeping the mapping across rounds is
-what makes a warm round cheap (PITFALLS 16–17).
+``stop``. Sending bounds, never data (pickling array chunks runs at a fraction
+of memory bandwidth), over one pipe per worker (a ProcessPoolExecutor round costs
+milliseconds), and keeping the mapping across rounds (attaching per task re-faults
+every page) is what makes a warm round cheap.
 
 A worker that raises sends its error back; one that dies is seen through its
 process sentinel; one that hangs past ``timeout_s`` is reported by rank. In
@@ -21,6 +23,8 @@ import signal
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -73,6 +77,100 @@ def ctl_bytes(n_workers: int) -> int:
 # -- inside the worker ----------------------------------------------------------------
 
 
+class _Worker:
+    """One worker's state; ``phase`` and ``chunk`` say where it is when something goes wrong."""
+
+    def __init__(self, init: WorkerInit) -> None:
+        self.init = init
+        self.phase = "start"
+        self.chunk: int | None = None
+        self.seg: Segment | None = None
+        self.arr: np.ndarray | None = None
+        self.ctl: np.ndarray | None = None
+
+    def setup(self) -> dict:
+        """Pin first, then limit threads, then attach: the hello the launcher records."""
+        init = self.init
+        inherited = relevant_env()
+        os.environ.update(init.env)
+        import psutil
+
+        self.me = psutil.Process()
+        if init.pin or set(init.cpus) != set(os.sched_getaffinity(0)):
+            self.me.cpu_affinity(list(init.cpus))  # pin first, then touch memory
+        observed = sorted(os.sched_getaffinity(0))
+        self._limiter, pools = limit_threads(init.threads)  # kept: the limits last as long as the worker
+        self.seg = Segment.attach(init.segment, init.segment_size, init.shm_dir)
+        self.arr = self.seg.array(init.data.dtype, init.data.shape)
+        self.ctl = self.seg.view(np.int64, (CTL_FIELDS,), init.ctl_offset + init.rank * CTL_FIELDS * 8)
+        self.kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path))
+        return {
+            "rank": init.rank,
+            "pid": os.getpid(),
+            "cpus_observed": observed,
+            "threads": {
+                "requested": init.threads,
+                "env": {k: os.environ.get(k) for k in init.env},
+                "env_inherited": inherited,
+                "threadpool_info": pools,
+            },
+        }
+
+    def load(self) -> dict:
+        """Reserve (first-touch) our pages, then fill our rows chunk by chunk."""
+        init, seg, ctl = self.init, self.seg, self.ctl
+        assert seg is not None and ctl is not None and self.arr is not None  # set by setup()
+        self.phase = "load"
+        t0 = time.perf_counter()
+        lo, hi = init.rows
+        rb = init.data.row_bytes
+        ctl[:3] = (PHASE_LOAD, 0, -1)
+        # Reserve our pages now: out of memory becomes an error here, not a SIGBUS in a repeat.
+        reserved_by = seg.reserve(lo * rb, (hi - lo) * rb)
+        for ix, (a, b) in enumerate(init.chunks):
+            self.chunk = ctl[2] = ix
+            fill_rows(self.arr, init.data, a, b)
+        self.chunk = None
+        ctl[:3] = (PHASE_IDLE, 0, -1)
+        dt = time.perf_counter() - t0
+        pages = page_nodes(seg.address() + lo * rb, (hi - lo) * rb)
+        return {"seconds": dt, "reserved_by": reserved_by, "pages": pages}
+
+    def run(self, index: int) -> dict:
+        """One round: map every chunk we own; where each chunk finished."""
+        ctl, arr = self.ctl, self.arr
+        assert ctl is not None and arr is not None  # set by setup()
+        self.phase = f"repeat {index}"
+        states, secs, cpus = [], [], set()
+        ctl[:3] = (PHASE_RUN, index, -1)
+        for ix, (a, b) in enumerate(self.init.chunks):
+            self.chunk = ctl[2] = ix
+            t0 = time.perf_counter()
+            states.append(self.kernel.map(arr[a:b]))
+            secs.append(time.perf_counter() - t0)
+            cpus.add(self.me.cpu_num())  # where this chunk finished (cheap: /proc/self/stat)
+        self.chunk = None
+        ctl[:3] = (PHASE_IDLE, index, -1)
+        return {"states": states, "seconds": secs, "cpus": sorted(cpus)}
+
+    def error(self, exc: BaseException) -> dict:
+        """Everything the launcher needs to name the failure: rank, phase, chunk, exception, traceback."""
+        chunk = None if self.chunk is None else list(self.init.chunks[self.chunk])
+        return {
+            "rank": self.init.rank,
+            "phase": self.phase,
+            "chunk": chunk,
+            "type": type(exc).__name__,
+            "message": str(exc).splitlines()[0] if str(exc) else "",
+            "traceback": traceback.format_exc(),
+        }
+
+    def close(self) -> None:
+        self.arr = self.ctl = None
+        if self.seg is not None:
+            self.seg.close()
+
+
 def _worker_main(conn: Connection, init: WorkerInit) -> None:
     # The launcher handles the stop signals and tells workers to stop. They reach workers too: a
     # Ctrl-C on the terminal goes to the whole process group, and Slurm's slurmstepd sends scancel's
@@ -81,100 +179,28 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
     # is noticed by its orphaned workers, and Slurm's SIGKILL after KillWait still ends everything.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-    phase, chunk_ix = "start", None
-    seg = None
-    arr = ctl = None
+    worker = _Worker(init)
     try:
-        inherited = relevant_env()
-        os.environ.update(init.env)
-        import psutil
-
-        me = psutil.Process()
-        if init.pin or set(init.cpus) != set(os.sched_getaffinity(0)):
-            me.cpu_affinity(list(init.cpus))  # pin first, then touch memory
-        observed = sorted(os.sched_getaffinity(0))
-        _limiter, pools = limit_threads(init.threads)
-        seg = Segment.attach(init.segment, init.segment_size, init.shm_dir)
-        arr = seg.array(init.data.dtype, init.data.shape)
-        ctl = seg.view(np.int64, (CTL_FIELDS,), init.ctl_offset + init.rank * CTL_FIELDS * 8)
-        kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path))
-        conn.send(
-            (
-                "ok",
-                {
-                    "rank": init.rank,
-                    "pid": os.getpid(),
-                    "cpus_observed": observed,
-                    "threads": {
-                        "requested": init.threads,
-                        "env": {k: os.environ.get(k) for k in init.env},
-                        "env_inherited": inherited,
-                        "threadpool_info": pools,
-                    },
-                },
-            )
-        )
+        conn.send(("ok", worker.setup()))
         while True:
             msg = conn.recv()
-            cmd = msg[0]
-            if cmd == "stop":
+            if msg[0] == "stop":
                 break
-            if cmd == "load":
-                phase = "load"
-                t0 = time.perf_counter()
-                lo, hi = init.rows
-                rb = init.data.row_bytes
-                ctl[:3] = (PHASE_LOAD, 0, -1)
-                # Reserve (first-touch) our pages now: out of memory becomes an error here,
-                # not a SIGBUS in the middle of a repeat.
-                reserved_by = seg.reserve(lo * rb, (hi - lo) * rb)
-                for chunk_ix, (a, b) in enumerate(init.chunks):
-                    ctl[2] = chunk_ix
-                    fill_rows(arr, init.data, a, b)
-                chunk_ix = None
-                ctl[:3] = (PHASE_IDLE, 0, -1)
-                dt = time.perf_counter() - t0
-                pages = page_nodes(seg.address() + lo * rb, (hi - lo) * rb)
-                conn.send(("ok", {"seconds": dt, "reserved_by": reserved_by, "pages": pages}))
-            elif cmd == "run":
-                phase = f"repeat {msg[1]}"
-                states, secs, cpus = [], [], set()
-                ctl[:3] = (PHASE_RUN, msg[1], -1)
-                for chunk_ix, (a, b) in enumerate(init.chunks):
-                    ctl[2] = chunk_ix
-                    t0 = time.perf_counter()
-                    states.append(kernel.map(arr[a:b]))
-                    secs.append(time.perf_counter() - t0)
-                    cpus.add(me.cpu_num())  # where this chunk finished (cheap: /proc/self/stat)
-                chunk_ix = None
-                ctl[:3] = (PHASE_IDLE, msg[1], -1)
-                conn.send(("ok", {"states": states, "seconds": secs, "cpus": sorted(cpus)}))
+            if msg[0] == "load":
+                conn.send(("ok", worker.load()))
+            elif msg[0] == "run":
+                conn.send(("ok", worker.run(msg[1])))
             else:  # pragma: no cover - protocol error
-                raise RuntimeError(f"unknown command {cmd!r}")
+                raise RuntimeError(f"unknown command {msg[0]!r}")
     except (EOFError, KeyboardInterrupt):
         pass  # the launcher went away or asked us to stop
     except BaseException as exc:  # report *everything* to the launcher, then exit
-        chunk = None if chunk_ix is None else list(init.chunks[chunk_ix])
         try:
-            conn.send(
-                (
-                    "error",
-                    {
-                        "rank": init.rank,
-                        "phase": phase,
-                        "chunk": chunk,
-                        "type": type(exc).__name__,
-                        "message": str(exc).splitlines()[0] if str(exc) else "",
-                        "traceback": traceback.format_exc(),
-                    },
-                )
-            )
+            conn.send(("error", worker.error(exc)))
         except (OSError, ValueError):
             pass
     finally:
-        arr = ctl = None
-        if seg is not None:
-            seg.close()
+        worker.close()
 
 
 # -- in the launcher --------------------------------------------------------------------
@@ -207,9 +233,6 @@ class Pool:
     def start(self, env: dict[str, str]) -> list[dict]:
         """Start every worker with ``env`` set (forkserver/spawn children inherit it) and wait for their hello."""
         ctx = mp.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            # Without an explicit preload every child re-imports numpy (~50 ms each; gh-137996).
-            ctx.set_forkserver_preload(["shmhpc.pool"])
         if self.start_method != "fork":
             # forkserver and spawn start multiprocessing's resource tracker on first use, and starting it
             # *unblocks* SIGINT and SIGTERM in this thread (resource_tracker.ensure_running), which would
@@ -219,7 +242,12 @@ class Pool:
             with blocked(STOP_SIGNALS):
                 resource_tracker.ensure_running()
         # Every process started here keeps the stop signals blocked: only the launcher acts on them.
-        with environment(env), blocked(STOP_SIGNALS), warnings.catch_warnings(record=True) as caught:
+        with (
+            environment(env),
+            blocked(STOP_SIGNALS),
+            _forkserver_preload(["shmhpc.pool"]),
+            warnings.catch_warnings(record=True) as caught,
+        ):
             warnings.simplefilter("always")
             for init in self.inits:
                 parent, child = ctx.Pipe(duplex=True)
@@ -234,6 +262,12 @@ class Pool:
             # e.g. Python 3.12+: fork() of a multi-threaded launcher (OpenBLAS threads) may deadlock.
             self.warnings.append(f"{w.category.__name__}: {w.message}")
         return self._gather(list(range(len(self.inits))), "start", None)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def load(self) -> list[dict]:
         self._broadcast(("load",))
@@ -342,6 +376,25 @@ class Pool:
             except ValueError:
                 pass
         self.procs, self.conns = [], []
+
+
+@contextmanager
+def _forkserver_preload(modules: list[str]) -> Iterator[None]:
+    """Preload ``modules`` in a fork server started in this block, then put the caller's list back.
+
+    Without a preload every forkserver child re-imports numpy (~50 ms each; python/cpython#137996).
+    The list is process-wide state of multiprocessing that a library must not leave changed; it has
+    no public getter, hence the private attribute (absent: nothing to restore but the default).
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    saved = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    forkserver.set_forkserver_preload(modules)
+    try:
+        yield
+    finally:
+        forkserver.set_forkserver_preload(saved)
 
 
 def _format_worker_error(err: dict, pid: int | None) -> str:

@@ -13,7 +13,7 @@ from conftest import ROOT, run_cli, write_spec
 
 from shmhpc.allocation import job_cpus_on_node, slurm_allocation, slurm_job_label, step_cpu_problem
 from shmhpc.errors import SpecError
-from shmhpc.runner import report_path_for
+from shmhpc.planning import report_path_for
 from shmhpc.spec import load_spec, slurm_time_minutes
 
 JOB = {

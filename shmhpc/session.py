@@ -1,0 +1,185 @@
+"""A run session: one planned job's pinned worker pool on its own shared segment.
+
+The pieces every caller needs — ``run``, the benchmarks, and later ``bench`` and the MPI mode —
+in one object that owns the segment and the pool and always tears them down::
+
+    prep = prepare(spec, read_topology())
+    with RunSession(prep) as session:          # the segment is created
+        session.start()                        # workers started, pinned, attached
+        session.load()                         # each owner first-touches and fills its rows
+        wall_s, replies = session.round(0)     # every worker reduces its chunks once
+        value = prep.kernel.finalize(session.combine(replies))
+
+Layout of the segment: the array from offset 0, padded to a whole page, then one control slot per
+worker (where each worker writes which chunk it is in, so a death can be located).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from .kernels import combine_all
+from .planning import Prepared
+from .pool import CTL_FIELDS, Pool, WorkerInit, ctl_bytes
+from .resources import check_fits
+from .shm import Segment, default_shm_dir
+from .threads import thread_env
+
+__all__ = ["RunSession"]
+
+
+class RunSession:
+    """Owns the shared segment and the pinned pool of one prepared job.
+
+    Parameters
+    ----------
+    prep:
+        The job, from :func:`shmhpc.planning.prepare`.
+    shm_dir:
+        Where the segment goes (default ``/dev/shm`` or ``$SHMHPC_SHM_DIR``).
+    stop:
+        An object with ``signum``/``count`` set by the caller's signal handler (``StopSignals``):
+        waits for workers wake up to act on it.
+    start_method, timeout_s:
+        Default to the spec's.
+    """
+
+    def __init__(
+        self,
+        prep: Prepared,
+        *,
+        shm_dir: str | None = None,
+        stop: Any = None,
+        start_method: str | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.prep = prep
+        self.shm_dir = shm_dir or default_shm_dir()
+        self.stop = stop
+        self.start_method = start_method or prep.spec.start_method
+        self.timeout_s = timeout_s if timeout_s is not None else prep.spec.timeout_s
+        self.segment: Segment | None = None
+        self.pool: Pool | None = None
+        self.hello: list[dict] = []  # what each worker reported at start (pid, CPUs, thread pools)
+        self.warnings: list[str] = []
+        self.start_s: float | None = None
+        self.teardown_s: float | None = None
+        self._ctl_offset = 0
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def __enter__(self) -> RunSession:
+        """Check that the array fits, then create the segment (the workers start with ``start``)."""
+        check_fits(self.prep.data.nbytes, self.shm_dir)
+        n = len(self.prep.plan.workers)
+        page = self.prep.plan.align_bytes  # the page (or huge page) size the partitions are aligned to
+        self._ctl_offset = -(-self.prep.data.nbytes // page) * page
+        self.segment = Segment.create(self._ctl_offset + ctl_bytes(n), self.shm_dir)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> list[dict]:
+        """Start the workers; each pins itself, limits its threads and attaches (nothing is touched yet).
+
+        Returns what each reported: pid, the CPUs it observed, its thread pools.
+        """
+        prep, spec, seg = self.prep, self.prep.spec, self._segment()
+        env = thread_env(spec.threads_per_worker)
+        inits = [
+            WorkerInit(
+                rank=w.rank,
+                cpus=w.cpus,
+                pin=prep.plan.pinned,
+                threads=spec.threads_per_worker,
+                env=env,
+                segment=seg.name,
+                shm_dir=self.shm_dir,
+                data=prep.data,
+                rows=w.rows,
+                chunks=w.chunks,
+                kernel=spec.kernel,
+                accumulate=spec.accumulate,
+                search_path=prep.search_path,
+                segment_size=seg.size,
+                ctl_offset=self._ctl_offset,
+            )
+            for w in prep.plan.workers
+        ]
+        self.pool = Pool(
+            inits,
+            self.start_method,
+            self.timeout_s,
+            stop_flag=self.stop,
+            ctl=seg.view(np.int64, (len(inits), CTL_FIELDS), self._ctl_offset),
+        )
+        t0 = time.perf_counter()
+        try:
+            self.hello = self.pool.start(env)
+        finally:
+            self.start_s = time.perf_counter() - t0
+            self.warnings.extend(self.pool.warnings)
+        return self.hello
+
+    def stop_workers(self) -> None:
+        """Stop the pool (the segment stays, e.g. for verification); records ``teardown_s``. Idempotent."""
+        if self.pool is None:
+            return
+        t0 = time.perf_counter()
+        self.pool.close()
+        self.teardown_s = time.perf_counter() - t0
+        self.pool.ctl = None  # drop the view so the mapping can be closed
+        self.pool = None
+
+    def close(self) -> None:
+        """Stop the workers, unmap and unlink the segment. Never raises; safe to call twice."""
+        self.stop_workers()
+        if self.segment is not None:
+            self.segment.close()
+            self.segment.unlink()
+            self.segment = None
+
+    # -- work --------------------------------------------------------------------------------
+    def _segment(self) -> Segment:
+        if self.segment is None:
+            raise RuntimeError("the session's segment is closed (use the session in a with block)")
+        return self.segment
+
+    def _running(self) -> Pool:
+        if self.pool is None:
+            raise RuntimeError("the session's workers are not running (call start() in its with block)")
+        return self.pool
+
+    def load(self) -> list[dict]:
+        """Every owner reserves, first-touches and fills its rows; per worker: seconds, method, page nodes."""
+        return self._running().load()
+
+    def round(self, index: int) -> tuple[float, list[dict]]:
+        """One round: every worker reduces its chunks. Returns (wall seconds, per-worker replies)."""
+        return self._running().run_round(index)
+
+    def combine(self, replies: list[dict]) -> Any:
+        """Merge one round's chunk states in row order: the result does not depend on who answered first."""
+        states = sorted(
+            (
+                (chunk[0], state)
+                for w, rep in zip(self.prep.plan.workers, replies)
+                for chunk, state in zip(w.chunks, rep["states"])
+            ),
+            key=lambda t: t[0],
+        )
+        return combine_all(self.prep.kernel, [s for _, s in states])
+
+    @contextmanager
+    def array(self) -> Iterator[np.ndarray]:
+        """The whole shared array in this process, for the block only (a live view blocks unmapping)."""
+        arr = self._segment().array(self.prep.data.dtype, self.prep.data.shape)
+        try:
+            yield arr
+        finally:
+            del arr
