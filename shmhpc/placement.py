@@ -43,8 +43,6 @@ __all__ = [
     "split_rows",
 ]
 
-PAGE = 4096
-
 
 @dataclass(frozen=True)
 class WorkerPlan:
@@ -77,6 +75,7 @@ class Plan:
     usable: tuple[int, ...]
     usable_source: str
     warnings: list[str] = field(default_factory=list)
+    align_bytes: int = 4096  # worker boundaries fall on multiples of this (the page, or huge page, size)
 
     def to_dict(self) -> dict:
         return {
@@ -87,6 +86,7 @@ class Plan:
             "row_bytes": self.row_bytes,
             "usable_cpus": list(self.usable),
             "usable_source": self.usable_source,
+            "align_bytes": self.align_bytes,
             "workers": [
                 {
                     "rank": w.rank,
@@ -298,7 +298,8 @@ def _oversub_message(needed: int, what: str, topo: Topology) -> str:
         f"({format_cpulist(topo.usable)}, {topo.usable_source}); set oversubscribe: true to allow it"
     )
     if n == 1:
-        # PITFALLS 9: under `srun --cpu-bind=cores` every worker inherits the task's single core.
+        # One usable CPU is the mark of a bound task: under `srun --cpu-bind=cores` the task gets one
+        # core, and every worker it starts inherits that affinity, so all of them share it.
         msg += "; under Slurm, give the task the CPUs it pins (srun -c N, --cpu-bind=none)"
     return msg
 
@@ -327,80 +328,105 @@ def resolve_cpus(
     Returns ``(cpu_sets, pinned, policy_label, warnings)``; raises ``SpecError``
     with every problem found.
     """
-    warnings: list[str] = []
+    if isinstance(pinning, list):
+        return _explicit(pinning, workers, threads, topo, oversubscribe)
+    if pinning in ("none", "compact", "scatter"):
+        return _by_policy(pinning, workers, threads, topo, oversubscribe)
+    return _by_expression(str(pinning), workers, threads, topo, oversubscribe)
+
+
+def _explicit(
+    pinning: list[list[int]], workers: int | str, threads: int, topo: Topology, oversubscribe: bool
+) -> tuple[list[tuple[int, ...]], bool, str, list[str]]:
+    """Explicit CPU lists, one per worker."""
     usable = list(topo.usable)
     usable_set = set(usable)
-    cores = topo.usable_cores()
-
-    if isinstance(pinning, list):
-        errs = []
-        for i, cpus in enumerate(pinning):
-            bad = [c for c in cpus if c not in usable_set]
-            if bad:
+    errs = []
+    for i, cpus in enumerate(pinning):
+        bad = [c for c in cpus if c not in usable_set]
+        if bad:
+            errs.append(
+                f"pinning[{i}]: cpu {format_cpulist(bad)} is not usable here; usable CPUs: {format_cpulist(usable)}"
+            )
+    if workers != "auto" and workers != len(pinning):
+        errs.append(f"workers: {workers}, but pinning lists {len(pinning)} CPU sets (one per worker)")
+    seen: dict[int, int] = {}
+    for i, cpus in enumerate(pinning):
+        for c in cpus:
+            if c in seen and not oversubscribe:
                 errs.append(
-                    f"pinning[{i}]: cpu {format_cpulist(bad)} is not usable here; usable CPUs: {format_cpulist(usable)}"
+                    f"pinning[{i}]: cpu {c} is also pinned by worker {seen[c]}; set oversubscribe: true to share CPUs"
                 )
-        if workers != "auto" and workers != len(pinning):
-            errs.append(f"workers: {workers}, but pinning lists {len(pinning)} CPU sets (one per worker)")
-        seen: dict[int, int] = {}
-        for i, cpus in enumerate(pinning):
-            for c in cpus:
-                if c in seen and not oversubscribe:
-                    errs.append(
-                        f"pinning[{i}]: cpu {c} is also pinned by worker {seen[c]}; "
-                        "set oversubscribe: true to share CPUs"
-                    )
-                seen.setdefault(c, i)
-        if errs:
-            raise SpecError(errs)
-        for i, cpus in enumerate(pinning):
-            if len(cpus) != threads:
-                warnings.append(f"worker {i} has {len(cpus)} CPUs for threads_per_worker {threads}")
-        return [tuple(sorted(c)) for c in pinning], True, "explicit", warnings
+            seen.setdefault(c, i)
+    if errs:
+        raise SpecError(errs)
+    warnings = [
+        f"worker {i} has {len(cpus)} CPUs for threads_per_worker {threads}"
+        for i, cpus in enumerate(pinning)
+        if len(cpus) != threads
+    ]
+    return [tuple(sorted(c)) for c in pinning], True, "explicit", warnings
 
-    if pinning in ("none", "compact", "scatter"):
-        n = max(1, len(cores) // threads) if workers == "auto" else int(workers)
-        need = n * threads
-        if need > len(usable) and not oversubscribe:
-            raise SpecError(_oversub_message(need, f"{n} workers × {threads} threads", topo))
-        if need > len(usable):
-            warnings.append(f"oversubscribed: {need} threads on {len(usable)} usable CPUs")
-        if pinning == "none":
-            return [tuple(usable)] * n, False, "none", warnings
-        if pinning == "compact":
-            # The first len(cores) CPUs of this order are one thread per physical core, so SMT
-            # siblings (which share the core's execution units) come in only when needed.
-            order = _physical_first(topo, usable)
-            flat = [order[i % len(order)] for i in range(need)]
-            return [_cpuset(flat[i * threads : (i + 1) * threads]) for i in range(n)], True, "compact", warnings
-        # scatter: worker i starts on node i mod N and takes its CPUs there in logical order.
-        # A node is passed over while another still has a free CPU of a lower SMT rank, so no
-        # SMT sibling is used while a physical core elsewhere is idle (the compact rule, too).
-        rank = _smt_rank(topo, usable)
-        per_node: dict[int, list[int]] = {}
-        for c in _physical_first(topo, usable):
-            per_node.setdefault(topo.cpus[c].node, []).append(c)
-        node_ids = sorted(per_node)
-        free = {nid: list(cs) for nid, cs in per_node.items()}
-        sets: list[tuple[int, ...]] = []
-        for i in range(n):
-            chosen: list[int] = []
-            k = i % len(node_ids)
-            while len(chosen) < threads:
-                if not any(free.values()):  # every CPU taken: start over (oversubscribed)
-                    free = {nid: list(cs) for nid, cs in per_node.items()}
-                level = min(rank[pool[0]] for pool in free.values() if pool)
-                pool = free[node_ids[k]]
-                if pool and rank[pool[0]] == level:
-                    chosen.append(pool.pop(0))
-                else:
-                    k = (k + 1) % len(node_ids)
-            sets.append(_cpuset(chosen))
-        return sets, True, "scatter", warnings
 
-    # likwid-style expression or bare CPU list
-    cpus = expand_likwid(str(pinning), topo)
-    bad = sorted({c for c in cpus if c not in usable_set})
+def _by_policy(
+    pinning: str, workers: int | str, threads: int, topo: Topology, oversubscribe: bool
+) -> tuple[list[tuple[int, ...]], bool, str, list[str]]:
+    """compact, scatter or none."""
+    warnings: list[str] = []
+    usable = list(topo.usable)
+    n = max(1, len(topo.usable_cores()) // threads) if workers == "auto" else int(workers)
+    need = n * threads
+    if need > len(usable) and not oversubscribe:
+        raise SpecError(_oversub_message(need, f"{n} workers × {threads} threads", topo))
+    if need > len(usable):
+        warnings.append(f"oversubscribed: {need} threads on {len(usable)} usable CPUs")
+    if pinning == "none":
+        return [tuple(usable)] * n, False, "none", warnings
+    if pinning == "compact":
+        # The first len(cores) CPUs of this order are one thread per physical core, so SMT
+        # siblings (which share the core's execution units) come in only when needed.
+        order = _physical_first(topo, usable)
+        flat = [order[i % len(order)] for i in range(need)]
+        return [_cpuset(flat[i * threads : (i + 1) * threads]) for i in range(n)], True, "compact", warnings
+    return _scatter(topo, usable, n, threads), True, "scatter", warnings
+
+
+def _scatter(topo: Topology, usable: list[int], n: int, threads: int) -> list[tuple[int, ...]]:
+    """Worker i starts on node i mod N and takes its CPUs there in logical order.
+
+    A node is passed over while another still has a free CPU of a lower SMT rank, so no SMT
+    sibling is used while a physical core elsewhere is idle (the compact rule, too).
+    """
+    rank = _smt_rank(topo, usable)
+    per_node: dict[int, list[int]] = {}
+    for c in _physical_first(topo, usable):
+        per_node.setdefault(topo.cpus[c].node, []).append(c)
+    node_ids = sorted(per_node)
+    free = {nid: list(cs) for nid, cs in per_node.items()}
+    sets: list[tuple[int, ...]] = []
+    for i in range(n):
+        chosen: list[int] = []
+        k = i % len(node_ids)
+        while len(chosen) < threads:
+            if not any(free.values()):  # every CPU taken: start over (oversubscribed)
+                free = {nid: list(cs) for nid, cs in per_node.items()}
+            level = min(rank[pool[0]] for pool in free.values() if pool)
+            pool = free[node_ids[k]]
+            if pool and rank[pool[0]] == level:
+                chosen.append(pool.pop(0))
+            else:
+                k = (k + 1) % len(node_ids)
+        sets.append(_cpuset(chosen))
+    return sets
+
+
+def _by_expression(
+    pinning: str, workers: int | str, threads: int, topo: Topology, oversubscribe: bool
+) -> tuple[list[tuple[int, ...]], bool, str, list[str]]:
+    """A likwid-style expression or a bare CPU list: worker i gets entries [i·t, (i+1)·t)."""
+    usable = list(topo.usable)
+    cpus = expand_likwid(pinning, topo)
+    bad = sorted({c for c in cpus if c not in set(usable)})
     if bad:
         raise SpecError(f"pinning: cpu {format_cpulist(bad)} is not usable here; usable CPUs: {format_cpulist(usable)}")
     if workers == "auto":
@@ -422,7 +448,7 @@ def resolve_cpus(
             f"pinning: {pinning!r} selects cpu {format_cpulist(dup)} more than once; "
             "set oversubscribe: true to allow it"
         )
-    return [_cpuset(cpus[i * threads : (i + 1) * threads]) for i in range(n)], True, str(pinning), warnings
+    return [_cpuset(cpus[i * threads : (i + 1) * threads]) for i in range(n)], True, pinning, []
 
 
 def _cpuset(cpus: list[int]) -> tuple[int, ...]:
@@ -433,9 +459,33 @@ def _cpuset(cpus: list[int]) -> tuple[int, ...]:
 # -- rows, partitions, chunks --------------------------------------------------------
 
 
-def _align_rows(row_bytes: int) -> int:
+def _align_rows(row_bytes: int, page_bytes: int) -> int:
     """Rows per boundary so that boundaries fall on page starts (pages must not straddle NUMA partitions)."""
-    return PAGE // math.gcd(PAGE, row_bytes) if row_bytes > 0 else 1
+    return page_bytes // math.gcd(page_bytes, row_bytes) if row_bytes > 0 else 1
+
+
+# Segments of at least this size ask for huge pages (shm.Segment: MADV_HUGEPAGE from 2 MiB).
+HUGE_PAGE_MIN_SEGMENT = 2 << 20
+
+
+def _boundaries(n_rows: int, n: int, row_bytes: int, topology: Topology) -> tuple[int, int, list[str]]:
+    """(rows per alignment unit, its bytes, warnings): huge pages when the segment gets them and every worker
+    still owns a whole one, else base pages."""
+    base = topology.page_bytes
+    huge = topology.huge_page_bytes
+    if huge and huge > base and n_rows * row_bytes >= HUGE_PAGE_MIN_SEGMENT:
+        align = _align_rows(row_bytes, huge)
+        if n_rows // align >= n:
+            return align, huge, []
+        return (
+            _align_rows(row_bytes, base),
+            base,
+            [
+                f"rows per worker are fewer than one {huge >> 10} KiB huge page: neighbouring workers share huge "
+                "pages, so some rows may live on another worker's NUMA node; use more data or fewer workers"
+            ],
+        )
+    return _align_rows(row_bytes, base), base, []
 
 
 def split_rows(n_rows: int, parts: int, align: int, start: int = 0) -> list[tuple[int, int]]:
@@ -490,7 +540,8 @@ def plan_job(
         order = sorted(range(n), key=lambda r: (nodes[r], r))
     else:
         order = list(range(n))
-    align = _align_rows(row_bytes)
+    align, align_bytes, more = _boundaries(n_rows, n, row_bytes, topology)
+    warnings.extend(more)
     ranges = split_rows(n_rows, n, align)
     rows_of = {rank: ranges[pos] for pos, rank in enumerate(order)}
     partitions: list[Partition] = []
@@ -522,4 +573,5 @@ def plan_job(
         topology.usable,
         topology.usable_source,
         warnings,
+        align_bytes,
     )

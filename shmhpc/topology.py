@@ -17,6 +17,7 @@ https://www.kernel.org/doc/Documentation/ABI/stable/sysfs-devices-system-cpu):
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from dataclasses import dataclass, field
@@ -91,6 +92,12 @@ class Topology:
     usable_source: str
     cpu_quota: float | None = None  # cgroup cpu.max quota in CPUs, when limited
     notes: list[str] = field(default_factory=list)
+    # The base page size, and the huge page size when shared memory gets huge pages (transparent
+    # huge pages for shmem: always, within_size, advise — segments ask with MADV_HUGEPAGE — or force).
+    # NUMA placement is per page: no page may hold rows of two partitions (aarch64 and ppc64le often
+    # run with 64 KiB base pages; a 2 MiB huge page spans 512 of x86's 4 KiB ones).
+    page_bytes: int = mmap.PAGESIZE
+    huge_page_bytes: int | None = None
 
     # -- derived views ---------------------------------------------------------------
     @property
@@ -151,6 +158,8 @@ class Topology:
                 for k in self.caches
             ],
             "llc_bytes": self.llc_bytes(),
+            "page_bytes": self.page_bytes,
+            "huge_page_bytes": self.huge_page_bytes,
             "notes": list(self.notes),
         }
 
@@ -232,9 +241,32 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
     root_s = str(root) if root is not None else default_sysfs_root()
     base = Path(root_s)
     cpu_dir = base / "devices" / "system" / "cpu"
-    node_dir = base / "devices" / "system" / "node"
-    online_list = _read_cpulist(cpu_dir / "online")
     notes: list[str] = []
+    online = _read_online(cpu_dir, root_s, notes)
+    node_cpus, node_mem = _read_nodes(base / "devices" / "system" / "node", online, notes)
+    cpu_node = {c: nid for nid, cs in node_cpus.items() for c in cs}
+    cpus, caches = _read_cpus(cpu_dir, online, cpu_node)
+    nodes = {
+        nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1]) for nid in sorted(node_cpus)
+    }
+    usable, source, quota = _usable(root_s, online, allowed_cpus, notes)
+    cache_list = sorted(caches.values(), key=lambda k: (k.level, k.shared_cpus, k.type))
+    huge = _shmem_huge_page_bytes(base / "kernel" / "mm" / "transparent_hugepage")
+    return Topology(root_s, cpus, nodes, cache_list, tuple(usable), source, quota, notes, mmap.PAGESIZE, huge)
+
+
+def _shmem_huge_page_bytes(thp: Path) -> int | None:
+    """The huge page size shared memory may get, or None (``shmem_enabled`` is never, deny or absent)."""
+    text = read_text(thp / "shmem_enabled") or ""
+    active = re.search(r"\[(\w+)\]", text)
+    if not active or active.group(1) not in ("always", "within_size", "advise", "force"):
+        return None
+    size = _read_int(thp / "hpage_pmd_size")
+    return size if size and size > 0 else None
+
+
+def _read_online(cpu_dir: Path, root_s: str, notes: list[str]) -> list[int]:
+    online_list = _read_cpulist(cpu_dir / "online")
     if online_list is None:
         if not cpu_dir.is_dir():
             raise SpecError(f"sysfs root: {root_s!r} has no devices/system/cpu; expected a sysfs tree like /sys")
@@ -244,9 +276,14 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
         online = online_list
     if not online:
         raise SpecError(f"sysfs root: {root_s!r} lists no online CPUs")
-    online_set = set(online)
+    return online
 
-    # NUMA nodes (ids need not be contiguous; a node may have no CPUs).
+
+def _read_nodes(
+    node_dir: Path, online: list[int], notes: list[str]
+) -> tuple[dict[int, list[int]], dict[int, tuple[int | None, int | None]]]:
+    """NUMA nodes: their online CPUs and memory (ids need not be contiguous; a node may have no CPUs)."""
+    online_set = set(online)
     node_cpus: dict[int, list[int]] = {}
     node_mem: dict[int, tuple[int | None, int | None]] = {}
     if node_dir.is_dir():
@@ -262,15 +299,21 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
         node_cpus = {0: list(online)}
         node_mem = {0: (None, None)}
         notes.append("no NUMA information under devices/system/node: one node assumed")
-    cpu_node = {c: nid for nid, cs in node_cpus.items() for c in cs}
+    claimed = {c for cs in node_cpus.values() for c in cs}
     for c in online:
-        if c not in cpu_node:
+        if c not in claimed:
             # A CPU that no node claims: attach it to the lowest node with CPUs.
             fallback = min((n for n, cs in node_cpus.items() if cs), default=min(node_cpus))
-            cpu_node[c] = fallback
             node_cpus[fallback].append(c)
             notes.append(f"cpu {c} is in no node's cpulist: counted on node {fallback}")
+    return node_cpus, node_mem
 
+
+def _read_cpus(
+    cpu_dir: Path, online: list[int], cpu_node: dict[int, int]
+) -> tuple[dict[int, Cpu], dict[tuple[int, str, tuple[int, ...]], Cache]]:
+    """Each online CPU's package, core and siblings, and the distinct caches."""
+    online_set = set(online)
     cpus: dict[int, Cpu] = {}
     no_core_id: list[int] = []
     caches: dict[tuple[int, str, tuple[int, ...]], Cache] = {}
@@ -285,19 +328,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
             core_id = -1  # replaced below
         # Provisional; the siblings are rebuilt from (package, core_id) below.
         cpus[c] = Cpu(id=c, package=package, core_id=core_id, node=cpu_node[c], siblings=(c,))
-        cdir = cpu_dir / f"cpu{c}" / "cache"
-        if cdir.is_dir():
-            for idx in sorted(cdir.glob("index*")):
-                level = _read_int(idx / "level")
-                if level is None:
-                    continue
-                ctype = read_text(idx / "type") or "Unified"
-                # Keep online CPUs only: a fake (or racing) tree may still list offline ones.
-                listed = _read_cpulist(idx / "shared_cpu_list") or [c]
-                shared = tuple(s for s in listed if s in online_set) or (c,)
-                key = (level, ctype, shared)
-                if key not in caches:
-                    caches[key] = Cache(level, ctype, _parse_size(read_text(idx / "size")), shared)
+        _read_caches(cpu_dir / f"cpu{c}" / "cache", c, online_set, caches)
 
     # No core_id (no topology files): every such CPU is its own core. Its id is the CPU
     # id, shifted past the package's real core_ids so it cannot join another core.
@@ -319,14 +350,34 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
         for member in members:
             cpu = cpus[member]
             cpus[member] = Cpu(cpu.id, cpu.package, cpu.core_id, cpu.node, tuple(sorted(members)))
+    return cpus, caches
 
-    nodes = {
-        nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1]) for nid in sorted(node_cpus)
-    }
 
-    is_real = os.path.realpath(root_s) == os.path.realpath(DEFAULT_ROOT)
+def _read_caches(
+    cdir: Path, cpu: int, online_set: set[int], caches: dict[tuple[int, str, tuple[int, ...]], Cache]
+) -> None:
+    if not cdir.is_dir():
+        return
+    for idx in sorted(cdir.glob("index*")):
+        level = _read_int(idx / "level")
+        if level is None:
+            continue
+        ctype = read_text(idx / "type") or "Unified"
+        # Keep online CPUs only: a fake (or racing) tree may still list offline ones.
+        listed = _read_cpulist(idx / "shared_cpu_list") or [cpu]
+        shared = tuple(s for s in listed if s in online_set) or (cpu,)
+        key = (level, ctype, shared)
+        if key not in caches:
+            caches[key] = Cache(level, ctype, _parse_size(read_text(idx / "size")), shared)
+
+
+def _usable(
+    root_s: str, online: list[int], allowed_cpus: list[int] | None, notes: list[str]
+) -> tuple[list[int], str, float | None]:
+    """The CPUs workers may use: an explicit override, or (for the real /sys) affinity ∩ cgroup."""
     quota = None
     if allowed_cpus is not None:
+        online_set = set(online)
         bad = [c for c in allowed_cpus if isinstance(c, bool) or c not in online_set]
         if bad:
             shown = ",".join(str(c) for c in dict.fromkeys(bad))
@@ -335,7 +386,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
             )
         usable = sorted({int(c) for c in allowed_cpus})
         source = "override"
-    elif is_real:
+    elif os.path.realpath(root_s) == os.path.realpath(DEFAULT_ROOT):
         usable, source, quota, more = _usable_here(online)
         notes.extend(more)
     else:
@@ -343,8 +394,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
         source = "all online CPUs of the sysfs root"
     if not usable:
         raise SpecError(f"usable CPUs: none (online {format_cpulist(online)}, source: {source})")
-    cache_list = sorted(caches.values(), key=lambda k: (k.level, k.shared_cpus, k.type))
-    return Topology(root_s, cpus, nodes, cache_list, tuple(usable), source, quota, notes)
+    return usable, source, quota
 
 
 # -- the CPUs this process may use (cgroups, affinity, Slurm) -------------------------

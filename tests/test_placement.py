@@ -712,3 +712,63 @@ def test_same_inputs_give_the_same_plan(
     assert again.to_dict() == first.to_dict()
     assert again.format_table() == first.format_table()
     assert json.loads(json.dumps(first.to_dict())) == first.to_dict()
+
+
+# -- one notion of page size: no page holds rows of two workers ------------------------------------
+
+
+def _boundaries_bytes(plan: Plan) -> list[int]:
+    return [w.rows[0] * plan.row_bytes for w in plan.workers[1:]] + [
+        c[0] * plan.row_bytes for w in plan.workers for c in w.chunks[1:]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("page", "huge", "row_bytes"),
+    [(4096, None, 4), (65536, None, 4), (65536, None, 12), (4096, 2 << 20, 4), (65536, 512 << 20, 8)],
+)
+def test_worker_boundaries_fall_on_the_real_page_size(topos, page, huge, row_bytes):
+    """64 KiB base pages (aarch64, ppc64le) or huge pages for shmem: boundaries move with them."""
+    import dataclasses
+
+    topo = dataclasses.replace(topos["two_socket_smt"], page_bytes=page, huge_page_bytes=huge)
+    n_rows = (4 << 30) // row_bytes  # 4 GiB: room for a whole huge page per worker
+    plan = _plan(topo, "scatter", 4, n_rows=n_rows, row_bytes=row_bytes)
+    unit = huge or page
+    assert plan.align_bytes == unit
+    assert all(b % unit == 0 for b in _boundaries_bytes(plan)), (unit, _boundaries_bytes(plan))
+    assert len({p.node for p in plan.partitions}) == 2
+    assert plan.to_dict()["align_bytes"] == unit
+
+
+def test_too_little_data_for_huge_pages_falls_back_to_base_pages_and_says_so(topos):
+    import dataclasses
+
+    topo = dataclasses.replace(topos["two_socket_smt"], page_bytes=4096, huge_page_bytes=2 << 20)
+    plan = _plan(topo, "scatter", 4, n_rows=1_000_000, row_bytes=4)  # 4 MB: 1 MB per worker < 2 MiB
+    assert plan.align_bytes == 4096
+    assert all(b % 4096 == 0 for b in _boundaries_bytes(plan))
+    assert any("fewer than one 2048 KiB huge page" in w for w in plan.warnings)
+    small = _plan(topo, "scatter", 2, n_rows=100_000, row_bytes=4)  # under 2 MiB: no huge pages at all
+    assert small.align_bytes == 4096 and not any("huge" in w for w in small.warnings)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("always within_size advise [never] deny force", None),
+        ("always [advise] never", 2 << 20),
+        ("[always] never", 2 << 20),
+        (None, None),
+    ],
+)
+def test_topology_reads_whether_shared_memory_gets_huge_pages(tmp_path, mode, expected):
+    root = two_socket_smt(tmp_path / "sys")
+    if mode is not None:
+        thp = root / "kernel" / "mm" / "transparent_hugepage"
+        thp.mkdir(parents=True)
+        (thp / "shmem_enabled").write_text(mode + "\n")
+        (thp / "hpage_pmd_size").write_text(f"{2 << 20}\n")
+    topo = read_topology(root)
+    assert topo.huge_page_bytes == expected
+    assert topo.to_dict()["huge_page_bytes"] == expected and topo.page_bytes > 0
