@@ -405,21 +405,6 @@ def render(
     configs: Sequence[Config] = (),
 ) -> Rendered:
     """The script(s) for ``template``, filled in for ``spec`` (read from ``spec_path``) and ``res``."""
-    common: dict[str, str | bool | None] = {
-        "--job-name": res.job_name,
-        "--time": res.time,
-        "--partition": res.partition,
-        "--account": res.account,
-        "--qos": res.qos,
-    }
-    run_opts: dict[str, str | bool | None] = {
-        **common,
-        "--cpus-per-task": str(res.cpus_per_task),
-        "--signal": f"B:USR1@{res.signal_lead_s}" if res.signal_lead_s else None,
-        "--exclusive": res.exclusive or None,
-        "--hint": "nomultithread" if res.nomultithread else None,
-        "--mem": res.mem,
-    }
     settings: dict[str, str | Sequence[str]] = {
         "PYTHON": python,
         "SPEC": spec_path,
@@ -427,48 +412,83 @@ def render(
         "SET": [a for o in overrides for a in ("--set", o)],
     }
     out = Rendered(template, spec.name, res, [], [])
-    if template in ("pinned", "unpinned", "multinode"):
-        if template == "unpinned":
-            settings["SET"] = ["--set", "pinning=none", *settings["SET"]]
-        report = _with_job_in_name(spec.report)
-        settings["REPORT"] = report
-        policy = "none" if template == "unpinned" else _policy(spec)
-        known = {"name": spec.name, "pinning": policy_slug(policy)}
-        if spec.workers != "auto":  # auto: the machine decides, at run time
-            known["workers"] = str(spec.workers)
-        out.reports.append(fill_known(report, **known))
-        log = _log(res, f"{spec.name}-%j.out")
-        wanted = {**run_opts, "--output": log, "--nodes": str(res.nodes)}
-        wanted["--ntasks-per-node" if template == "multinode" else "--ntasks"] = "1"
-        out.scripts.append(_script(template, wanted, res.extra, settings, spec_path, log))
-        return out
+    if template == "compare-array":
+        _render_array(out, spec, spec_path, res, settings, configs)
+    else:
+        _render_run(out, spec, spec_path, res, settings)
+    return out
 
-    # compare-array: the array, then the job that compares its reports.
+
+def _common_options(res: Resources) -> dict[str, str | bool | None]:
+    return {
+        "--job-name": res.job_name,
+        "--time": res.time,
+        "--partition": res.partition,
+        "--account": res.account,
+        "--qos": res.qos,
+    }
+
+
+def _run_options(res: Resources) -> dict[str, str | bool | None]:
+    """The options of a script that runs shmhpc (not of the one that only compares)."""
+    return {
+        **_common_options(res),
+        "--cpus-per-task": str(res.cpus_per_task),
+        "--signal": f"B:USR1@{res.signal_lead_s}" if res.signal_lead_s else None,
+        "--exclusive": res.exclusive or None,
+        "--hint": "nomultithread" if res.nomultithread else None,
+        "--mem": res.mem,
+    }
+
+
+def _render_run(
+    out: Rendered, spec: JobSpec, spec_path: str, res: Resources, settings: dict[str, str | Sequence[str]]
+) -> None:
+    """pinned, unpinned, multinode: one script, one report."""
+    template = out.template
+    if template == "unpinned":
+        settings["SET"] = ["--set", "pinning=none", *settings["SET"]]
+    report = _with_job_in_name(spec.report)
+    settings["REPORT"] = report
+    policy = "none" if template == "unpinned" else _policy(spec)
+    known = {"name": spec.name, "pinning": policy_slug(policy)}
+    if spec.workers != "auto":  # auto: the machine decides, at run time
+        known["workers"] = str(spec.workers)
+    out.reports.append(fill_known(report, **known))
+    log = _log(res, f"{spec.name}-%j.out")
+    wanted = {**_run_options(res), "--output": log, "--nodes": str(res.nodes)}
+    wanted["--ntasks-per-node" if template == "multinode" else "--ntasks"] = "1"
+    out.scripts.append(_script(template, wanted, res.extra, settings, spec_path, log))
+
+
+def _render_array(
+    out: Rendered,
+    spec: JobSpec,
+    spec_path: str,
+    res: Resources,
+    settings: dict[str, str | Sequence[str]],
+    configs: Sequence[Config],
+) -> None:
+    """compare-array: the array, one configuration per task, then the job that compares its reports."""
     report_dir = _report_dir(spec.report)
     n = len(configs)
-    per_task = len(configs[0].overrides)
     settings.update(
         REPORT_DIR=report_dir,
         NAME=spec.name,
         CONFIG=[o for c in configs for o in c.overrides],
-        PER_TASK=str(per_task),
+        PER_TASK=str(len(configs[0].overrides)),
     )
     out.configs = list(configs)
     throttle = f"%{res.array_throttle}" if res.array_throttle else ""
     log = _log(res, f"{spec.name}-%A_%a.out")
-    wanted = {**run_opts, "--output": log, "--nodes": "1", "--ntasks": "1", "--array": f"0-{n - 1}{throttle}"}
-    out.scripts.append(_script(template, wanted, res.extra, settings, spec_path, log))
+    wanted = {**_run_options(res), "--output": log, "--nodes": "1", "--ntasks": "1", "--array": f"0-{n - 1}{throttle}"}
+    out.scripts.append(_script(out.template, wanted, res.extra, settings, spec_path, log))
     out.reports = [str(PurePosixPath(report_dir) / f"{spec.name}-{{slurm_job}}.json") for _ in configs]
-    companion = COMPANION[template]
+    companion = COMPANION[out.template]
     clog = _log(res, f"{spec.name}-compare-%j.out")
-    cwanted: dict[str, str | bool | None] = {
-        **common,
-        "--job-name": f"{res.job_name}-compare",
-        "--time": "00:10:00",
-        "--output": clog,
-    }
+    cwanted = {**_common_options(res), "--job-name": f"{res.job_name}-compare", "--time": "00:10:00", "--output": clog}
     csettings: dict[str, str | Sequence[str]] = {
-        "PYTHON": python,
+        "PYTHON": settings["PYTHON"],
         "REPORT_DIR": report_dir,
         "NAME": spec.name,
         "TASKS": str(n),
@@ -476,4 +496,3 @@ def render(
     }
     out.scripts.append(_script(companion, cwanted, (), csettings, spec_path, clog))
     out.comparison = str(PurePosixPath(report_dir) / f"{spec.name}-{{array_job}}-compare")
-    return out
