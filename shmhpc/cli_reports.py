@@ -70,10 +70,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .cli import _read_topology
     from .sweep import run_sweep, text_summary
 
     summary, code = run_sweep(
-        args.spec, args.vary, args.out, base_overrides=args.set, quiet=args.quiet, force=args.force
+        args.spec,
+        args.vary,
+        args.out,
+        base_overrides=args.set,
+        quiet=args.quiet,
+        force=args.force,
+        topology=_read_topology(args),
     )
     print(text_summary(summary))
     print(f"summary: {Path(summary['out']) / 'sweep.json'}, {Path(summary['out']) / 'sweep.md'}")
@@ -112,6 +119,8 @@ def _suffixed(path: str, extra: str) -> str:
 
 def add_report_commands(sub: Any) -> None:
     """Add ``compare``, ``sweep`` and ``plot`` to the ``shmhpc`` subparsers."""
+    from .cli import _topology_args
+
     p = sub.add_parser(
         "compare",
         help="compare reports: is the difference real, what differed, where workers ran",
@@ -144,7 +153,8 @@ def add_report_commands(sub: Any) -> None:
         description="Each --vary KEY=V1,V2 is one axis (KEY a dotted spec field, values parsed as YAML, "
         "commas inside brackets kept); every combination runs as a normal job writing DIR/NNN-….json, and "
         "DIR/sweep.json + DIR/sweep.md summarize the sweep after every run. Combinations impossible on this "
-        "machine are skipped with the reason. Ctrl-C or SIGTERM stops after keeping what finished.",
+        "machine (or the one --sysfs-root/--allowed-cpus describe) are skipped with the reason. Ctrl-C or "
+        "SIGTERM stops after keeping what finished.",
     )
     p.add_argument("spec", help="YAML job spec")
     p.add_argument(
@@ -158,6 +168,7 @@ def add_report_commands(sub: Any) -> None:
     p.add_argument("--out", metavar="DIR", help="where reports and summary go (default sweeps/NAME-TIMESTAMP)")
     p.add_argument("--force", action="store_true", help="reuse a DIR that already holds a sweep")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _topology_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(

@@ -26,7 +26,7 @@ from .cpulist import format_cpulist
 from .errors import SpecError
 from .report import check_run_report
 from .significance import ALPHA, TTest, welch_test
-from .tables import markdown_table, text_table
+from .tables import format_seconds, markdown_table, text_table, time_unit
 
 __all__ = [
     "ALPHA",
@@ -532,23 +532,14 @@ def compare_reports(
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def _time_unit(s: float) -> tuple[float, str]:
-    if s < 1e-3:
-        return 1e6, "µs"
-    if s < 1:
-        return 1e3, "ms"
-    return 1.0, "s"
-
-
 def format_value(sample: Sample, unit: str) -> str:
     """``41.20 ms ± 1.30`` (stdev in the center's unit), ``4.64 GB/s ± 0.77``, ``974.13 ms``."""
     if sample.center is None:
         return "-"
     if unit == "s":
-        factor, u = _time_unit(sample.center)
+        factor, text = time_unit(sample.center)[0], format_seconds(sample.center)
     else:
-        factor, u = 1.0, unit
-    text = f"{sample.center * factor:.2f} {u}"
+        factor, text = 1.0, f"{sample.center:.2f} {unit}"
     if sample.stdev is not None:
         text += f" ± {sample.stdev * factor:.2f}"
     return text

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import IO
 
+from .tables import format_seconds
+
 __all__ = ["Progress", "NullProgress", "LiveLine", "round_status", "make_progress"]
 
 
@@ -85,7 +87,7 @@ class Progress(NullProgress):
             self._line(f"[shmhpc {time.perf_counter() - self._t0:7.2f}s] {text}")
 
     def phase_done(self, text: str, seconds: float) -> None:
-        self._line(f"[shmhpc {time.perf_counter() - self._t0:7.2f}s] {text}: {seconds:.3f} s")
+        self._line(f"[shmhpc {time.perf_counter() - self._t0:7.2f}s] {text}: {format_seconds(seconds)}")
 
     def start_rounds(self, total: int, warmup: int) -> None:
         self._total, self._warmup = total, warmup
@@ -95,9 +97,9 @@ class Progress(NullProgress):
     def round_done(self, index: int, seconds: float) -> None:
         kind, i, n = round_status(index, self._total, self._warmup)
         if self.tty:
-            self._draw(index + 1, f"{kind} {i}/{n}: {seconds * 1e3:.2f} ms")
+            self._draw(index + 1, f"{kind} {i}/{n}: {format_seconds(seconds)}")
         else:
-            self._line(f"[shmhpc {time.perf_counter() - self._t0:7.2f}s] {kind} {i}/{n}: {seconds * 1e3:.3f} ms")
+            self._line(f"[shmhpc {time.perf_counter() - self._t0:7.2f}s] {kind} {i}/{n}: {format_seconds(seconds)}")
 
     def _draw(self, done: int, status: str) -> None:
         self._line_out.draw("repeats", done, self._total, f"{done}/{self._total}  {status}")

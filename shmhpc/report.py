@@ -19,6 +19,7 @@ from typing import Any
 
 from .cpulist import format_cpulist
 from .errors import SpecError
+from .tables import format_seconds
 from .threads import relevant_env
 from .topology import read_text
 
@@ -171,16 +172,6 @@ def now_stamp(precise: bool = False) -> str:
     return f"{base}.{int(t % 1 * 1000):03d}Z" if precise else f"{base}Z"
 
 
-def _fmt_s(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s:.3f} s"
-
-
 def summarize(report: dict) -> str:
     """A short human summary: where workers ran, median time, GB/s, verified or not."""
     job = report.get("job", {})
@@ -212,14 +203,15 @@ def summarize(report: dict) -> str:
     t = report.get("timings") or {}
     bw = report.get("bandwidth") or {}
     if t.get("repeat_s"):
-        med = t.get("repeat", {}).get("median")
+        rep = t.get("repeat", {})
         lines.append(
-            f"  repeat: median {_fmt_s(med)} over {len(t['repeat_s'])} (min {_fmt_s(t.get('repeat', {}).get('min'))}), "
+            f"  repeat: median {format_seconds(rep.get('median'))} over {len(t['repeat_s'])} "
+            f"(min {format_seconds(rep.get('min'))}), "
             f"{(bw.get('gbps') or {}).get('median', 0) or 0:.2f} GB/s median"
         )
         lines.append(
-            f"  phases: pool start {_fmt_s(t.get('pool_start_s'))}, load {_fmt_s(t.get('load_s'))}, "
-            f"teardown {_fmt_s(t.get('teardown_s'))}, end-to-end {_fmt_s(t.get('total_s'))}"
+            f"  phases: pool start {format_seconds(t.get('pool_start_s'))}, load {format_seconds(t.get('load_s'))}, "
+            f"teardown {format_seconds(t.get('teardown_s'))}, end-to-end {format_seconds(t.get('total_s'))}"
         )
     res = report.get("result") or {}
     if res:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
@@ -32,7 +32,10 @@ from .errors import SpecError
 from .progress import LiveLine, NullProgress, round_status
 from .report import now_stamp, write_report, write_text_atomic
 from .signals import StopSignals
-from .tables import markdown_table, text_table
+from .tables import format_seconds, markdown_table, text_table
+
+if TYPE_CHECKING:
+    from .topology import Topology
 
 __all__ = ["SWEEP_VERSION", "parse_vary", "combinations", "run_sweep", "SweepProgress", "summary_rows"]
 
@@ -165,7 +168,7 @@ class SweepProgress(NullProgress):
 
     def round_done(self, index: int, seconds: float) -> None:
         kind, i, n = round_status(index, self._rounds, self._warmup)
-        self.status = f"{kind} {i}/{n}" + (f": {seconds * 1e3:.2f} ms" if kind == "repeat" else "")
+        self.status = f"{kind} {i}/{n}" + (f": {format_seconds(seconds)}" if kind == "repeat" else "")
         self._draw()
 
     def _draw(self) -> None:
@@ -210,10 +213,6 @@ class Entry:
         }
 
 
-def _fmt_ms(s: float | None) -> str:
-    return "-" if s is None else f"{s * 1e3:.2f} ms"
-
-
 def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the sweep table: one row per combination."""
     keys = [a["key"] for a in summary["vary"]]
@@ -226,7 +225,7 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{e['index']}",
                 *[vals.get(k, "") for k in keys],
                 e["status"],
-                _fmt_ms(e["median_repeat_s"]),
+                format_seconds(e["median_repeat_s"]),
                 "-" if e["median_gbps"] is None else f"{e['median_gbps']:.2f}",
                 (e["report"] or "") + (f" ({e['reason']})" if e["reason"] and e["report"] else (e["reason"] or "")),
             ]
@@ -265,16 +264,20 @@ def run_sweep(
     force: bool = False,
     stream: IO[str] | None = None,
     run: Callable[..., dict[str, Any]] | None = None,
+    topology: Topology | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Run every combination; return ``(summary, exit_code)``.
 
+    Every combination is planned against, and run with, ``topology`` (default: this
+    machine as ``read_topology()`` sees it; the CLI passes ``--sysfs-root``/``--allowed-cpus``).
     The exit code is 0 when every run that ran is ok (skipped ones do not count), 1 when a
     run failed, and the interrupted run's code (130 SIGINT, 143 SIGTERM) when stopped.
     Raises ``SpecError`` for bad ``--vary`` items, values the spec refuses, an output
     directory that already holds a sweep (unless ``force``), or when every combination is
     impossible here.
     """
-    from .runner import prepare, run_job
+    from .planning import prepare
+    from .runner import run_job
     from .spec import load_spec
     from .topology import read_topology
 
@@ -283,7 +286,8 @@ def run_sweep(
     base = list(base_overrides or [])
     base_spec = load_spec(spec_path, base or None)
     spec_dir = Path(spec_path).resolve().parent
-    topology = read_topology()
+    if topology is None:
+        topology = read_topology()
 
     entries: list[Entry] = []
     errors: list[str] = []
@@ -366,7 +370,7 @@ def run_sweep(
             e.median_gbps = (((report.get("bandwidth") or {}).get("gbps")) or {}).get("median")
             if e.status == "ok":
                 line = (
-                    f"{tag}: ok, median {_fmt_ms(e.median_repeat_s)}, "
+                    f"{tag}: ok, median {format_seconds(e.median_repeat_s)}, "
                     f"{e.median_gbps or 0:.2f} GB/s ({time.perf_counter() - t0:.1f} s) -> {out / e.file}"
                 )
             else:

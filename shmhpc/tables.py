@@ -1,10 +1,27 @@
-"""Plain-text and Markdown tables for compare and sweep output."""
+"""Human output shared by summaries, compare and sweep: durations, plain-text and Markdown tables."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["text_table", "markdown_table"]
+__all__ = ["time_unit", "format_seconds", "text_table", "markdown_table"]
+
+
+def time_unit(seconds: float) -> tuple[float, str]:
+    """The factor and unit that show ``seconds`` readably: µs below 1 ms, ms below 1 s, else s."""
+    if seconds < 1e-3:
+        return 1e6, "µs"
+    if seconds < 1:
+        return 1e3, "ms"
+    return 1.0, "s"
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A duration in its ``time_unit`` with two decimals: ``412.00 µs``, ``7.48 ms``, ``1.25 s``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    factor, unit = time_unit(seconds)
+    return f"{seconds * factor:.2f} {unit}"
 
 
 def text_table(headers: list[str], rows: list[list[str]], indent: str = "") -> str:

@@ -1,6 +1,7 @@
 """Thread-count control for BLAS/OpenMP inside workers.
 
-Two layers, because neither alone is enough (PITFALLS 7–8, joblib/threadpoolctl#208):
+Two layers, because each reaches libraries the other misses
+(https://github.com/joblib/threadpoolctl/issues/208):
 
 * environment variables, set *before* a worker process starts — forkserver
   children inherit the server's environment from when it started, and a

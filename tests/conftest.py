@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -78,16 +79,20 @@ def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, 
     )
 
 
-def start_cli(*args: str, cwd: str | Path, env: dict | None = None) -> subprocess.Popen:
-    """``python -m shmhpc ARGS`` started in the background (to signal or kill it mid-run)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "shmhpc", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=None if env is None else {**os.environ, **env},
-    )
+def start_cli(*args: str, cwd: str | Path, env: dict | None = None, stderr: Path | None = None) -> subprocess.Popen:
+    """``python -m shmhpc ARGS`` started in the background (to signal or kill it mid-run).
+
+    Its stderr goes to a pipe, or to the file ``stderr``, where a test can poll the progress lines while it runs.
+    """
+    with open(stderr, "w") if stderr is not None else contextlib.nullcontext() as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shmhpc", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if err is None else err,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
+        )
 
 
 def write_spec(path: Path, text: str) -> Path:
@@ -97,6 +102,57 @@ def write_spec(path: Path, text: str) -> Path:
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# -- a small job and kernels that misbehave, for the end-to-end tests ---------------------------
+
+USABLE = sorted(os.sched_getaffinity(0))
+TWO = len(USABLE) >= 2
+
+BAD_KERNELS = """
+import os, signal, time
+import numpy as np
+
+def boom(chunk):
+    if chunk.size and chunk.reshape(-1)[0] != 12345:  # every chunk
+        raise ValueError("boom from the kernel")
+    return 0.0
+
+def die(chunk):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def sleepy(chunk):
+    time.sleep(30)
+    return 0.0
+
+def slow(chunk):
+    time.sleep(0.2)
+    return float(np.sum(chunk, dtype=np.float64))
+
+def inconsistent(chunk):
+    # Not a map-reduce: the sum of squared chunk sizes differs from the whole array's.
+    return float(chunk.size) ** 2
+"""
+
+
+def small_spec(tmp_path: Path, name: str = "t", **fields) -> Path:
+    """A small generated job in ``tmp_path`` (2 workers where 2 CPUs are usable), ``bad_kernels.py`` beside it.
+
+    ``fields`` override top-level spec keys as YAML text; the report goes to ``tmp_path/reports/NAME.json``.
+    """
+    body = {
+        "name": name,
+        "data": "{source: generate, size: 300000, dtype: float32, seed: 3}",
+        "workers": 2 if TWO else 1,
+        "repeats": 3,
+        "warmup": 1,
+        "start_method": "forkserver",
+        "report": f"{tmp_path}/reports/{{name}}.json",
+    }
+    body.update(fields)
+    text = "\n".join(f"{k}: {v}" for k, v in body.items()) + "\n"
+    (tmp_path / "bad_kernels.py").write_text(BAD_KERNELS)
+    return write_spec(tmp_path / f"{name}.yaml", text)
 
 
 def run_in_pty(args: list[str], cwd: str | Path, timeout: float = 60) -> tuple[int, str]:

@@ -190,11 +190,16 @@ def _live_other_segments() -> set[int]:
     return {o.pid for o in owners if o is not None and os.path.exists(f"/proc/{o.pid}")}
 
 
+@pytest.mark.slow
 @needs_two
 def test_a_busy_loop_on_cpu_0_is_reported(tmp_path, no_leak):
     hog = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
     try:
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        spinning = psutil.Process(hog.pid)
+        while not (spinning.cpu_affinity() == [0] and spinning.cpu_times().user > 0.05):
+            assert hog.poll() is None and time.monotonic() < deadline, "the busy loop never started on CPU 0"
+            time.sleep(0.02)
         out = run_cli("run", str(spin_spec(tmp_path, "busy")), cwd=tmp_path)
     finally:
         hog.kill()
@@ -211,6 +216,7 @@ def test_a_busy_loop_on_cpu_0_is_reported(tmp_path, no_leak):
     assert f"warning: {warning}" in out.stdout
 
 
+@pytest.mark.slow
 @needs_two
 def test_two_runs_on_the_same_cpus_see_each_other(tmp_path, no_leak):
     first = start_cli("run", str(spin_spec(tmp_path, "first", "k:slow", repeats=200)), cwd=tmp_path)

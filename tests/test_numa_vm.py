@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # boots a QEMU guest (~1 min)
+
 ROOT = Path(__file__).resolve().parent.parent
 VM_SCRIPTS = ROOT / "tests" / "numa_vm"
 NUMAVM_DIR = Path(os.environ.get("NUMAVM_DIR") or "/tmp/shmhpc-numa-vm")

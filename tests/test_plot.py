@@ -72,6 +72,7 @@ def test_reports_without_data_are_left_out_with_a_note(tmp_path):
         plot_timeline([("x.json", {**make_report(), "workers": []})], tmp_path / "t.png")
 
 
+@pytest.mark.slow
 def test_cli_plots_a_directory_one_report_and_both(tmp_path):
     d = tmp_path / "reports"
     for name, rep in sweep_like():

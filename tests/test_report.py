@@ -6,11 +6,13 @@ import json
 import os
 
 import pytest
-from conftest import load_json, run_cli
-from test_run import small_spec
+from conftest import load_json, run_cli, small_spec
 
+from shmhpc.compare import Sample, format_value
 from shmhpc.errors import SpecError
 from shmhpc.report import REPORT_VERSION, load_report, summarize, write_report
+from shmhpc.sweep import summary_rows
+from shmhpc.tables import format_seconds
 
 
 def test_write_is_atomic_and_leaves_no_temp(tmp_path):
@@ -84,3 +86,21 @@ def test_timestamp_placeholder_gives_distinct_reports(tmp_path, no_leak):
     files = sorted((tmp_path / "reports").glob("t-*.json"))
     assert len(files) == 2
     assert all(json.loads(f.read_text())["status"] == "ok" for f in files)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "-"), (0.000412, "412.00 µs"), (0.00748, "7.48 ms"), (0.57383, "573.83 ms"), (1.25, "1.25 s")],
+)
+def test_format_seconds(seconds, text):
+    assert format_seconds(seconds) == text
+
+
+def test_summary_sweep_and_compare_show_a_duration_alike():
+    s = 0.000412
+    report = {"version": 1, "status": "ok", "job": {"name": "x"}, "timings": {"repeat_s": [s], "repeat": {"median": s}}}
+    assert "repeat: median 412.00 µs over 1" in summarize(report)
+    run = {"index": 1, "overrides": [], "status": "ok", "median_repeat_s": s, "median_gbps": 1.0}
+    _, rows = summary_rows({"vary": [], "runs": [{**run, "report": "r.json", "reason": None}]})
+    assert "412.00 µs" in rows[0]
+    assert format_value(Sample(values=[s], center=s, stdev=None, mean=s, n=1), "s") == "412.00 µs"

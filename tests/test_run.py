@@ -12,51 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import JOBS, ROOT, load_json, run_cli, run_in_pty, write_spec
-
-USABLE = sorted(os.sched_getaffinity(0))
-TWO = len(USABLE) >= 2
-
-BAD_KERNELS = """
-import os, signal, time
-import numpy as np
-
-def boom(chunk):
-    if chunk.size and chunk.reshape(-1)[0] != 12345:  # every chunk
-        raise ValueError("boom from the kernel")
-    return 0.0
-
-def die(chunk):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-def sleepy(chunk):
-    time.sleep(30)
-    return 0.0
-
-def slow(chunk):
-    time.sleep(0.2)
-    return float(np.sum(chunk, dtype=np.float64))
-
-def inconsistent(chunk):
-    # Not a map-reduce: the sum of squared chunk sizes differs from the whole array's.
-    return float(chunk.size) ** 2
-"""
-
-
-def small_spec(tmp_path: Path, name: str = "t", **fields) -> Path:
-    body = {
-        "name": name,
-        "data": "{source: generate, size: 300000, dtype: float32, seed: 3}",
-        "workers": 2 if TWO else 1,
-        "repeats": 3,
-        "warmup": 1,
-        "start_method": "forkserver",
-        "report": f"{tmp_path}/reports/{{name}}.json",
-    }
-    body.update(fields)
-    text = "\n".join(f"{k}: {v}" for k, v in body.items()) + "\n"
-    (tmp_path / "bad_kernels.py").write_text(BAD_KERNELS)
-    return write_spec(tmp_path / f"{name}.yaml", text)
+from conftest import JOBS, ROOT, TWO, USABLE, load_json, run_cli, run_in_pty, small_spec
 
 
 def run_ok(spec: Path, *extra: str) -> dict:
@@ -164,6 +120,7 @@ def test_every_start_method(method, tmp_path, no_leak):
     assert rep["result"]["verified"] is True
 
 
+@pytest.mark.slow
 def test_generated_data_does_not_depend_on_worker_count(tmp_path, no_leak):
     refs = {}
     for n in (1, 2, 3):
@@ -250,6 +207,7 @@ def test_worker_killed_by_a_signal_is_named(tmp_path, no_leak):
     assert load_json(tmp_path / "reports" / "t.json")["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_hung_worker_hits_timeout(tmp_path, no_leak):
     t0 = time.monotonic()
     out = run_cli("run", str(small_spec(tmp_path, kernel="bad_kernels:sleepy", timeout_s=1.5)), cwd=tmp_path)
@@ -321,6 +279,7 @@ def test_readme_quick_start_commands_are_the_ci_commands():
     assert quick[1] in ci.splitlines(), ".ci/run must call the README's test command verbatim"
 
 
+@pytest.mark.slow
 def test_file_data_is_not_copied_by_the_launcher(tmp_path, no_leak):
     """A 160 MB .npy goes straight into shared memory: the launcher's own peak RSS stays far below it."""
     arr = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(40_000_000,))

@@ -59,17 +59,27 @@ def test_attach_checks_size(no_leak):
         Segment.attach(seg.name, 8192)
 
 
-def test_populate_faults_pages_in(no_leak):
+def test_populate_faults_in_exactly_the_whole_pages_of_its_range(no_leak):
+    """True: every page inside the range is present and none after it; False (no MADV_POPULATE_WRITE): none."""
     from shmhpc.numa import available, page_nodes
+    from shmhpc.shm import PAGE
 
-    with Segment.create(1 << 22) as seg:
+    half = 1 << 21  # a multiple of any page size, so a huge page, if tmpfs gives one, stays in its half
+    with Segment.create(2 * half) as seg:
         if not available():
             pytest.skip("move_pages not available on this platform")
-        before = page_nodes(seg.address(), 1 << 22, 256)
-        assert before == {"absent": 256}
-        assert seg.populate(0, 1 << 21) in (True, False)
-        after = page_nodes(seg.address(), 1 << 22, 256)
-        assert after is not None and after.get("absent", 0) <= 128
+        assert page_nodes(seg.address(), 2 * half, 256) == {"absent": 256}
+        # a range holding no whole page touches nothing
+        assert seg.populate(1, PAGE) is True
+        assert page_nodes(seg.address(), 2 * PAGE, 2) == {"absent": 2}
+        populated = seg.populate(0, half)
+        first = page_nodes(seg.address(), half, 128)
+        second = page_nodes(seg.address() + half, half, 128)
+        assert second == {"absent": 128}, "pages past the range are left alone"
+        if populated:
+            assert first is not None and "absent" not in first and "error" not in first, first
+        else:
+            assert first == {"absent": 128}, "False means nothing was faulted in"
 
 
 def test_attach_in_child_leaves_no_tracker_warning(no_leak):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import load_json, our_segments, run_cli, write_spec
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SLURM_DIR = Path(os.environ.get("SHMHPC_SLURM_DIR") or "/tmp/shmhpc-slurm")
 SPEC = """\
@@ -199,8 +199,7 @@ def test_time_limit_warning_ends_the_run_interrupted_and_clean(slurm, tmp_path):
 def test_scancel_ends_the_run_interrupted_and_clean(slurm, tmp_path):
     write_spec(tmp_path / "job.yaml", SPEC.format(size=1_000_000, repeats=1_000_000))
     job = submit(slurm, tmp_path, "job.yaml")["pinned"]
-    wait_for(lambda: job_segments(job), 60, "the run's segment")
-    time.sleep(0.5)  # into the repeats
+    wait_for(lambda: "] repeat 1/" in log_of(tmp_path, f"t-{job}.out"), 60, "the run's first repeat")
     subprocess.run(["scancel", job], env=slurm, check=True, timeout=30)
     rec = wait_gone(slurm, job)[0]
     assert rec["JobState"] == "CANCELLED"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import load_json, run_cli, run_in_pty, start_cli, write_spec
+from fakesys import two_socket_smt
 
 from shmhpc.errors import SpecError
 from shmhpc.sweep import _slug, combinations, parse_vary
@@ -105,9 +106,57 @@ def test_every_combination_impossible_is_bad_input(tmp_path):
     assert load_json(tmp_path / "sw" / "sweep.json")["runs"][0]["status"] == "skipped"
 
 
+def test_sweep_plans_against_the_sysfs_root_it_is_given(tmp_path):
+    """--sysfs-root: combinations are planned for that machine (16 CPUs), whatever this one has."""
+    tree = two_socket_smt(tmp_path / "sysfs")
+    out = run_cli(
+        "sweep",
+        str(tiny_spec(tmp_path)),
+        "--vary",
+        "workers=17,32",
+        "--sysfs-root",
+        str(tree),
+        "--out",
+        str(tmp_path / "sw"),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2, out.stderr
+    runs = load_json(tmp_path / "sw" / "sweep.json")["runs"]
+    assert [r["status"] for r in runs] == ["skipped", "skipped"]
+    for r, w in zip(runs, (17, 32)):
+        assert f"need {w} CPUs but only 16 are usable (0-15," in r["reason"], r
+    assert "need 17 CPUs but only 16 are usable" in out.stderr
+
+
+def test_sweep_plans_and_runs_within_allowed_cpus(tmp_path, no_leak):
+    """--allowed-cpus: one CPU allowed, so workers=2 is skipped and workers=1 runs pinned to that CPU."""
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    out_dir = tmp_path / "sw"
+    out = run_cli(
+        "sweep",
+        str(tiny_spec(tmp_path, pinning="compact")),
+        "--vary",
+        "workers=1,2",
+        "--allowed-cpus",
+        str(cpu),
+        "--out",
+        str(out_dir),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    one, two = load_json(out_dir / "sweep.json")["runs"]
+    assert one["status"] == "ok", one
+    assert two["status"] == "skipped" and f"need 2 CPUs but only 1 is usable ({cpu}," in two["reason"], two
+    assert f"only 1 is usable ({cpu}," in out.stdout  # the summary table gives the reason
+    rep = load_json(out_dir / one["report"])
+    assert rep["topology"]["usable"] == [cpu]
+    assert [w["cpus_observed"] for w in rep["workers"]] == [[cpu]]
+
+
 # -- a real sweep, end to end -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_small_real_sweep_through_the_cli(tmp_path, no_leak):
     spec = tiny_spec(tmp_path)
     out_dir = tmp_path / "sw"
@@ -175,6 +224,13 @@ def test_live_progress_line_on_a_tty(tmp_path, no_leak):
     assert "[sweep 2/2] data.seed=2: ok" in text
 
 
+def _first_run_ok(summary: Path) -> bool:
+    try:
+        return load_json(summary)["runs"][0]["status"] == "ok"
+    except FileNotFoundError:  # not written yet (it is replaced atomically, never read half-written)
+        return False
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_keeps_finished_reports_and_the_summary(tmp_path, signum, no_leak):
     (tmp_path / "slowk.py").write_text(SLOW_KERNEL)
@@ -182,11 +238,12 @@ def test_interrupt_keeps_finished_reports_and_the_summary(tmp_path, signum, no_l
     out_dir = tmp_path / "sw"
     proc = start_cli("sweep", str(spec), "--vary", "data.seed=1,2,3,4,5,6", "--out", str(out_dir), cwd=tmp_path)
     try:
+        # Once the summary counts the first run ok, the sweep is past it (its report is written before
+        # the summary): the signal lands in the second run or between runs.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(out_dir.glob("001-*.json")):
+        while not _first_run_ok(out_dir / "sweep.json"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the first run never finished"
             time.sleep(0.02)
-        assert list(out_dir.glob("001-*.json")), "the first run never finished"
-        time.sleep(0.3)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
