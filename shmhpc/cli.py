@@ -172,9 +172,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from .report_model import report_json_schema
     from .spec import json_schema
 
-    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    print(json.dumps(report_json_schema() if args.report else json_schema(), indent=2, sort_keys=True))
     return 0
 
 
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shm-dir", metavar="DIR", help="shared-memory directory (default /dev/shm or $SHMHPC_SHM_DIR)")
     p.set_defaults(func=cmd_clean)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of job specs")
+    p = sub.add_parser("schema", help="print the JSON Schema of job specs (or of run reports)")
+    p.add_argument("--report", action="store_true", help="the schema of a run's JSON report instead")
     p.set_defaults(func=cmd_schema)
     from .cli_reports import add_report_commands
     from .cli_slurm import add_slurm_commands

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .report_model import RunReport
 
 __all__ = ["add_report_commands", "collect_report_paths"]
 
@@ -32,10 +35,10 @@ def collect_report_paths(items: list[str]) -> list[str]:
     return out
 
 
-def _load_all(paths: list[str]) -> list[tuple[str, dict]]:
-    from .report import load_report
+def _load_all(paths: list[str]) -> list[tuple[str, RunReport]]:
+    from .report import read_report
 
-    return [(p, load_report(p)) for p in paths]
+    return [(p, read_report(p)) for p in paths]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -49,11 +52,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if labels is not None and len(labels) != len(reports):
         raise SpecError(f"--labels: {len(labels)} labels for {len(reports)} reports; give one per report")
     if args.ok_only:
-        keep = [i for i, (_, r) in enumerate(reports) if r.get("status") == "ok"]
+        keep = [i for i, (_, r) in enumerate(reports) if r.status == "ok"]
         for i, (src, r) in enumerate(reports):
             if i not in keep:
-                why = f" ({r['error']})" if r.get("error") else ""
-                print(f"note: leaving out {src}: status {r.get('status')!r}{why}", file=sys.stderr)
+                why = f" ({r.error})" if r.error else ""
+                print(f"note: leaving out {src}: status {r.status!r}{why}", file=sys.stderr)
         reports = [reports[i] for i in keep]
         labels = [labels[i] for i in keep] if labels is not None else None
         if len(reports) < 2:

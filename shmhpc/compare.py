@@ -1,6 +1,6 @@
 """Compare loaded reports: is the difference real, what differed, and where the workers really ran.
 
-Pure: takes report dicts (already read by :func:`shmhpc.report.load_report`), returns a
+Pure: takes reports (read by :func:`shmhpc.report.read_report`; dicts are checked the same way), returns a
 :class:`Comparison` and renders it as a terminal table, Markdown or JSON. Runs nothing.
 
 The first report is the reference. For each metric the center is the **median** of the
@@ -17,14 +17,15 @@ reports are refused unless ``force`` (then every reason becomes a warning).
 from __future__ import annotations
 
 import json
-import math
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .cpulist import format_cpulist
 from .errors import SpecError
-from .report import check_run_report
+from .report import as_run_report
+from .report_model import Data, RunReport, Slurm, Timings
 from .significance import ALPHA, TTest, welch_test
 from .tables import format_seconds, markdown_table, text_table, time_unit
 
@@ -44,121 +45,66 @@ NOISY_CV = 0.10  # stdev ≥ 10 % of the mean: the machine was busy or the run t
 MIN_REPEATS = 5  # fewer and the test has little power (pyperf warns below a similar count)
 
 
-# -- reading the parts of a report we need (one-line errors for malformed files) ---------------
+# -- reading the parts of a report we need (the model has checked their types) ---------------
+
+Reports = Sequence[tuple[str, "RunReport | dict[str, Any]"]]
 
 
-def _dig(report: dict, dotted: str, source: str) -> Any:
-    cur: Any = report
-    for part in dotted.split("."):
-        if cur is None:
-            return None
-        if not isinstance(cur, dict):
-            raise SpecError(f"{source}: malformed report: {dotted.rsplit('.', 1)[0]} is not an object")
-        cur = cur.get(part)
-    return cur
+def _checked(reports: Reports) -> list[tuple[str, RunReport]]:
+    """Each ``(source, report)`` as a checked model; one-line ``SpecError`` naming source and field."""
+    return [(src, as_run_report(src, r)) for src, r in reports]
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _numbers(report: dict, dotted: str, source: str) -> list[float]:
-    v = _dig(report, dotted, source)
-    if v is None:
-        return []
-    if not isinstance(v, list) or not all(_is_num(x) for x in v):
-        raise SpecError(f"{source}: malformed report: {dotted} is not a list of finite numbers")
-    return [float(x) for x in v]
-
-
-def _number(report: dict, dotted: str, source: str) -> float | None:
-    v = _dig(report, dotted, source)
-    if v is None:
-        return None
-    if not _is_num(v):
-        raise SpecError(f"{source}: malformed report: {dotted} is not a number ({v!r})")
-    return float(v)
-
-
-def _cpus(v: Any, what: str, source: str) -> list[int]:
-    if v is None:
-        return []
-    if not isinstance(v, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in v):
-        raise SpecError(f"{source}: malformed report: {what} is not a list of CPU ids")
-    return sorted(v)
-
-
-def _workers(report: dict, source: str) -> list[dict]:
-    ws = report.get("workers")
-    if ws is None:
-        return []
-    if not isinstance(ws, list) or not all(isinstance(w, dict) for w in ws):
-        raise SpecError(f"{source}: malformed report: workers is not a list of objects")
-    return ws
-
-
-def _policy(report: dict, source: str) -> str:
-    p = _dig(report, "plan.policy", source)
+def _policy(r: RunReport) -> str:
+    p: str | list[list[int]] | None = r.plan.policy if r.plan else None
     if p is None:
-        p = _dig(report, "job.pinning", source)
+        p = r.job.pinning
     if isinstance(p, list):
         return "explicit"
     return str(p) if p is not None else "?"
 
 
-def _placement_text(report: dict, source: str) -> str | None:
-    plan_workers = _dig(report, "plan.workers", source)
-    if not isinstance(plan_workers, list):
+def _placement_text(r: RunReport) -> str | None:
+    if r.plan is None or r.plan.workers is None:
         return None
-    return " / ".join(
-        format_cpulist(_cpus(w.get("cpus") if isinstance(w, dict) else None, "plan.workers[].cpus", source))
-        for w in plan_workers
-    )
+    return " / ".join(format_cpulist(sorted(w.cpus or [])) for w in r.plan.workers)
 
 
-def _obj(v: Any) -> dict[str, Any]:
-    return v if isinstance(v, dict) else {}
-
-
-def _allocation_text(slurm: dict) -> str:
+def _allocation_text(slurm: Slurm | None) -> str:
     """``slurm, 2 CPUs per task, cpu-bind none`` for a run inside a Slurm job, ``-`` outside."""
-    if not slurm:
+    if slurm is None:
         return "-"
-    bind = str((_obj(slurm.get("cpu_bind"))).get("SLURM_CPU_BIND_TYPE") or "").rstrip(":,") or "-"
-    return f"slurm, {slurm.get('cpus_per_task') or '?'} CPUs per task, cpu-bind {bind}"
+    bind = str((slurm.cpu_bind or {}).get("SLURM_CPU_BIND_TYPE") or "").rstrip(":,") or "-"
+    return f"slurm, {slurm.cpus_per_task or '?'} CPUs per task, cpu-bind {bind}"
 
 
-def run_settings(report: dict, source: str = "report") -> dict[str, Any]:
+def run_settings(report: RunReport | dict[str, Any], source: str = "report") -> dict[str, Any]:
     """The settings that may legitimately differ between compared runs, as short display values."""
-    job, host, data = (_obj(report.get(k)) for k in ("job", "host", "data"))
-    env = _obj(host.get("env"))
-    plan_workers = _dig(report, "plan.workers", source)
-    pinned = _dig(report, "plan.pinned", source)
+    r = as_run_report(source, report)
+    job, host, data, plan = r.job, r.host, r.data or Data(), r.plan
     return {
-        "pinning": _policy(report, source),
-        "pinned": None if pinned is None else ("yes" if pinned else "no"),
-        "workers": len(plan_workers) if isinstance(plan_workers, list) else job.get("workers"),
-        "threads_per_worker": job.get("threads_per_worker"),
-        "placement": _placement_text(report, source),
-        "start_method": job.get("start_method"),
-        "numa.partition": _dig(report, "job.numa.partition", source),
-        "chunks_per_worker": job.get("chunks_per_worker"),
-        "accumulate": job.get("accumulate"),
-        "repeats": job.get("repeats"),
-        "warmup": job.get("warmup"),
+        "pinning": _policy(r),
+        "pinned": None if plan is None or plan.pinned is None else ("yes" if plan.pinned else "no"),
+        "workers": len(plan.workers) if plan is not None and plan.workers is not None else job.workers,
+        "threads_per_worker": job.threads_per_worker,
+        "placement": _placement_text(r),
+        "start_method": job.start_method,
+        "numa.partition": job.numa.partition if job.numa else None,
+        "chunks_per_worker": job.chunks_per_worker,
+        "accumulate": job.accumulate,
+        "repeats": job.repeats,
+        "warmup": job.warmup,
         "data source": " ".join(
-            str(x)
-            for x in (data.get("source"), data.get("distribution"), data.get("path"), f"seed {data.get('seed')}")
-            if x is not None
+            str(x) for x in (data.source, data.distribution, data.path, f"seed {data.seed}") if x is not None
         )
         or None,
         # Slurm's variables differ in every job (ids, ports, pids): the allocation line says what matters.
-        "thread env": " ".join(f"{k}={v}" for k, v in sorted(env.items()) if not k.startswith("SLURM_")) or "-",
-        "allocation": _allocation_text(_obj(report.get("slurm"))),
-        "os kernel": host.get("kernel"),
-        "python": host.get("python"),
-        "numpy": host.get("numpy"),
-        "shmhpc": host.get("shmhpc"),
+        "thread env": " ".join(f"{k}={v}" for k, v in sorted(host.env.items()) if not k.startswith("SLURM_")) or "-",
+        "allocation": _allocation_text(r.slurm),
+        "os kernel": host.kernel,
+        "python": host.python,
+        "numpy": host.numpy,
+        "shmhpc": host.shmhpc,
     }
 
 
@@ -217,34 +163,41 @@ def _fmt_setting(v: Any) -> str:
 
 # -- refusal rules ---------------------------------------------------------------------------
 
-_INVARIANTS = (
-    ("host.hostname", "hosts", "timings from different machines say nothing about pinning"),
-    ("host.cpu_model", "CPU models", "different CPUs run at different speeds"),
-    ("data.nbytes", "data sizes", "bandwidth and time depend on how much data is read"),
-    ("data.shape", "data shapes", "the array is partitioned differently"),
-    ("data.dtype", "dtypes", "a different dtype is a different amount and kind of work"),
-    ("job.kernel", "kernels", "a different kernel is a different computation"),
+_INVARIANTS: tuple[tuple[str, Callable[[RunReport], Any], str, str], ...] = (
+    ("host.hostname", lambda r: r.host.hostname, "hosts", "timings from different machines say nothing about pinning"),
+    ("host.cpu_model", lambda r: r.host.cpu_model, "CPU models", "different CPUs run at different speeds"),
+    (
+        "data.nbytes",
+        lambda r: r.data and r.data.nbytes,
+        "data sizes",
+        "bandwidth and time depend on how much data is read",
+    ),
+    ("data.shape", lambda r: r.data and r.data.shape, "data shapes", "the array is partitioned differently"),
+    (
+        "data.dtype",
+        lambda r: r.data and r.data.dtype,
+        "dtypes",
+        "a different dtype is a different amount and kind of work",
+    ),
+    ("job.kernel", lambda r: r.job.kernel, "kernels", "a different kernel is a different computation"),
 )
 
 
-def refusals(reports: list[tuple[str, dict]]) -> list[str]:
+def refusals(reports: Reports) -> list[str]:
     """Why these reports must not be compared (empty when they may): one line per reason."""
+    checked = _checked(reports)
     out = []
-    for dotted, what, why in _INVARIANTS:
-        values = [_dig(r, dotted, src) for src, r in reports]
+    for dotted, get, what, why in _INVARIANTS:
         groups: dict[str, list[str]] = {}
-        for (src, _), v in zip(reports, values):
-            groups.setdefault(_fmt_setting(v), []).append(src)
+        for src, r in checked:
+            groups.setdefault(_fmt_setting(get(r)), []).append(src)
         if len(groups) > 1:
             listed = "; ".join(f"{v} in {', '.join(srcs)}" for v, srcs in groups.items())
             out.append(f"different {what} ({dotted}): {listed}; {why}")
-    for src, r in reports:
-        status = r.get("status")
-        if status != "ok":
-            err = r.get("error")
-            out.append(
-                f"{src} has status {status!r}, not 'ok'" + (f" ({err})" if err else "") + "; its numbers are incomplete"
-            )
+    for src, r in checked:
+        if r.status != "ok":
+            why = f" ({r.error})" if r.error else ""
+            out.append(f"{src} has status {r.status!r}, not 'ok'{why}; its numbers are incomplete")
     return out
 
 
@@ -325,36 +278,29 @@ class Comparison:
         return d
 
 
-def _placement(report: dict, source: str) -> tuple[bool | None, bool, str, list[WorkerPlace], list[str]]:
-    pinned_raw = _dig(report, "plan.pinned", source)
-    pinned = None if pinned_raw is None else bool(pinned_raw)
+def _placement(r: RunReport) -> tuple[bool | None, bool, str, list[WorkerPlace], list[str]]:
+    pinned = None if r.plan is None or r.plan.pinned is None else bool(r.plan.pinned)
     places: list[WorkerPlace] = []
     bad: list[str] = []
     union: set[int] = set()
     ran_union: set[int] = set()
-    for w in _workers(report, source):
-        req = _cpus(w.get("cpus_requested"), "workers[].cpus_requested", source)
-        obs = _cpus(w.get("cpus_observed"), "workers[].cpus_observed", source)
-        ran = _cpus(w.get("cpus_ran_on"), "workers[].cpus_ran_on", source)
+    for w in r.workers or []:
+        req, obs, ran = (sorted(c or []) for c in (w.cpus_requested, w.cpus_observed, w.cpus_ran_on))
         union |= set(obs)
         ran_union |= set(ran)
-        places.append(
-            WorkerPlace(w.get("rank"), format_cpulist(req), format_cpulist(obs), format_cpulist(ran), w.get("node"))
-        )
+        places.append(WorkerPlace(w.rank, format_cpulist(req), format_cpulist(obs), format_cpulist(ran), w.node))
         if pinned and (obs != req or not set(ran) <= set(req)):
             bad.append(
-                f"rank {w.get('rank')} asked {format_cpulist(req)}, observed {format_cpulist(obs)}, "
+                f"rank {w.rank} asked {format_cpulist(req)}, observed {format_cpulist(obs)}, "
                 f"ran on {format_cpulist(ran) or '-'}"
             )
-    pages = []
-    for p in _dig(report, "pages.partitions", source) or []:
-        if isinstance(p, dict) and _is_num(p.get("fraction_on_node")):
-            pages.append(
-                f"rows {p.get('start')}-{p.get('stop')}: {p['fraction_on_node']:.0%} of sampled pages "
-                f"on node {p.get('node')}"
-            )
+    pages = [
+        f"rows {p.start}-{p.stop}: {p.fraction_on_node:.0%} of sampled pages on node {p.node}"
+        for p in (r.pages.partitions if r.pages else None) or []
+        if p.fraction_on_node is not None
+    ]
     if not places:
-        return pinned, False, f"no worker placement recorded (status {report.get('status')})", places, pages
+        return pinned, False, f"no worker placement recorded (status {r.status})", places, pages
     if pinned:
         if bad:
             return pinned, False, "WARNING: pinned, but not where asked: " + "; ".join(bad), places, pages
@@ -369,14 +315,13 @@ def _placement(report: dict, source: str) -> tuple[bool | None, bool, str, list[
     return pinned, True, verdict, places, pages
 
 
-def _metric_values(report: dict, source: str) -> dict[str, list[float]]:
-    total = _number(report, "timings.total_s", source)
-    load = _number(report, "timings.load_s", source)
+def _metric_values(r: RunReport) -> dict[str, list[float]]:
+    t = r.timings or Timings()
     return {
-        "repeat": _numbers(report, "timings.repeat_s", source),
-        "gbps": _numbers(report, "bandwidth.gbps_per_repeat", source),
-        "total": [total] if total is not None else [],
-        "load": [load] if load is not None else [],
+        "repeat": list(t.repeat_s or []),
+        "gbps": list((r.bandwidth.gbps_per_repeat if r.bandwidth else None) or []),
+        "total": [t.total_s] if t.total_s is not None else [],
+        "load": [t.load_s] if t.load_s is not None else [],
     }
 
 
@@ -426,25 +371,21 @@ def _fmt_p(p: float) -> str:
     return f"= {p:.3f}" if p < 0.1 else f"= {p:.2f}"
 
 
-def _same_text(reports: list[tuple[str, dict]]) -> dict[str, str]:
-    src, r = reports[0]
-    shape = _dig(r, "data.shape", src)
-    nbytes = _number(r, "data.nbytes", src)
-    kernel = _dig(r, "job.kernel", src)
-    out = {
-        "host": f"{_dig(r, 'host.hostname', src)} ({_dig(r, 'host.cpu_model', src)})",
+def _same_text(reports: list[tuple[str, RunReport]]) -> dict[str, str]:
+    r = reports[0][1]
+    data = r.data or Data()
+    shape, nbytes = data.shape, data.nbytes
+    return {
+        "host": f"{r.host.hostname} ({r.host.cpu_model})",
         "data": (
-            f"{'×'.join(str(x) for x in shape) if isinstance(shape, list) else shape} "
-            f"{_dig(r, 'data.dtype', src)}" + (f" = {nbytes / 1e6:,.1f} MB" if nbytes is not None else "")
+            f"{'×'.join(str(x) for x in shape) if shape is not None else shape} {data.dtype}"
+            + (f" = {nbytes / 1e6:,.1f} MB" if nbytes is not None else "")
         ),
-        "kernel": str(kernel),
+        "kernel": str(r.job.kernel),
     }
-    return out
 
 
-def compare_reports(
-    reports: list[tuple[str, dict]], *, labels: list[str] | None = None, force: bool = False
-) -> Comparison:
+def compare_reports(reports: Reports, *, labels: list[str] | None = None, force: bool = False) -> Comparison:
     """Compare ``(source, report)`` pairs; the first is the reference.
 
     Raises ``SpecError`` listing every reason the reports must not be compared
@@ -453,12 +394,11 @@ def compare_reports(
     """
     if len(reports) < 2:
         raise SpecError("compare: needs at least two reports (the first is the reference)")
-    for src, r in reports:
-        check_run_report(src, r)
-    settings = [run_settings(r, src) for src, r in reports]
-    values = [_metric_values(r, src) for src, r in reports]
-    placements = [_placement(r, src) for src, r in reports]
-    why_not = refusals(reports)
+    checked = _checked(reports)
+    settings = [run_settings(r, src) for src, r in checked]
+    values = [_metric_values(r) for _, r in checked]
+    placements = [_placement(r) for _, r in checked]
+    why_not = refusals(checked)
     if why_not and not force:
         raise SpecError(
             [f"compare: {m}" for m in why_not]
@@ -467,15 +407,15 @@ def compare_reports(
     lab = make_labels(settings, labels)
     warnings = [f"forced: {m}" for m in why_not]
     runs = []
-    for (src, r), s, lb, pl in zip(reports, settings, lab, placements):
+    for (src, r), s, lb, pl in zip(checked, settings, lab, placements):
         pinned, ok, verdict, places, pages = pl
         runs.append(
             Run(
                 label=lb,
                 path=src,
-                name=str(_dig(r, "job.name", src)),
-                status=str(r.get("status")),
-                started_at=r.get("started_at"),
+                name=str(r.job.name),
+                status=r.status,
+                started_at=r.started_at,
                 settings=s,
                 pinned=pinned,
                 placement_ok=ok,
@@ -520,12 +460,12 @@ def compare_reports(
     differs = {
         k: [_fmt_setting(s[k]) for s in settings] for k in keys if len({_fmt_setting(s[k]) for s in settings}) > 1
     }
-    for dotted, _what, _why in _INVARIANTS:  # forced comparisons show the forbidden differences too
-        vals = [_fmt_setting(_dig(r, dotted, src)) for src, r in reports]
+    for dotted, get, _what, _why in _INVARIANTS:  # forced comparisons show the forbidden differences too
+        vals = [_fmt_setting(get(r)) for _, r in checked]
         if len(set(vals)) > 1:
             differs[dotted] = vals
     return Comparison(
-        runs=runs, same={} if why_not else _same_text(reports), differs=differs, metrics=metrics, warnings=warnings
+        runs=runs, same={} if why_not else _same_text(checked), differs=differs, metrics=metrics, warnings=warnings
     )
 
 

@@ -22,9 +22,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .compare import LABEL_KEYS, make_labels, refusals, run_settings
+from .compare import LABEL_KEYS, Reports, make_labels, refusals, run_settings
 from .cpulist import format_cpulist
 from .errors import SpecError
+from .report import as_run_report
+from .report_model import Data, RunReport
 
 __all__ = ["plot_scaling", "plot_timeline", "require_matplotlib", "MISSING"]
 
@@ -39,7 +41,7 @@ def require_matplotlib() -> Any:
     return Figure
 
 
-def _check_mixable(reports: list[tuple[str, dict]], force: bool) -> list[str]:
+def _check_mixable(reports: list[tuple[str, RunReport]], force: bool) -> list[str]:
     why = [m for m in refusals(reports) if "has status" not in m]
     if why and not force:
         raise SpecError(
@@ -59,18 +61,20 @@ def _short_count(n: Any) -> str:
     return str(n)
 
 
-def _describe(report: dict) -> str:
+def _describe(report: RunReport) -> str:
     """``sum over 20,000,000 float32 (80.0 MB) on vm (AMD EPYC)``."""
-    data = report.get("data") or {}
-    host = report.get("host") or {}
-    shape = data.get("shape")
-    shape_text = "×".join(f"{x:,}" for x in shape) if isinstance(shape, list) else str(shape)
-    nbytes = data.get("nbytes")
-    size = f" ({nbytes / 1e6:,.1f} MB)" if isinstance(nbytes, (int, float)) else ""
-    return (
-        f"{(report.get('job') or {}).get('kernel')} over {shape_text} {data.get('dtype')}{size} "
-        f"on {host.get('hostname')} ({host.get('cpu_model')})"
-    )
+    data, host = report.data or Data(), report.host
+    shape_text = "×".join(f"{x:,}" for x in data.shape) if data.shape is not None else str(data.shape)
+    size = f" ({data.nbytes / 1e6:,.1f} MB)" if data.nbytes is not None else ""
+    return f"{report.job.kernel} over {shape_text} {data.dtype}{size} on {host.hostname} ({host.cpu_model})"
+
+
+def _gbps(r: RunReport) -> list[float]:
+    return list((r.bandwidth.gbps_per_repeat if r.bandwidth else None) or [])
+
+
+def _repeat_s(r: RunReport) -> list[float]:
+    return list((r.timings.repeat_s if r.timings else None) or [])
 
 
 def _save(fig: Any, out: str | Path) -> Path:
@@ -83,15 +87,16 @@ def _save(fig: Any, out: str | Path) -> Path:
     return path
 
 
-def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: bool = False) -> list[str]:
+def plot_scaling(reports: Reports, out: str | Path, *, force: bool = False) -> list[str]:
     """GB/s against workers, one line per pinning policy; returns notes about reports left out."""
     figure = require_matplotlib()
     notes: list[str] = []
     usable = []
-    for src, r in reports:
-        gbps = (r.get("bandwidth") or {}).get("gbps_per_repeat") or []
-        if r.get("status") != "ok" or not gbps:
-            notes.append(f"{src}: left out (status {r.get('status')}, {len(gbps)} GB/s values)")
+    for src, raw in reports:
+        r = as_run_report(src, raw)
+        gbps = _gbps(r)
+        if r.status != "ok" or not gbps:
+            notes.append(f"{src}: left out (status {r.status}, {len(gbps)} GB/s values)")
             continue
         usable.append((src, r))
     if not usable:
@@ -104,9 +109,7 @@ def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: boo
     lines: dict[str, dict[int, list[float]]] = {}
     for (_, r), s in zip(usable, settings):
         name = " ".join([str(s["pinning"])] + [f"{LABEL_KEYS[k] or k + '='}{s[k]}" for k in differ])
-        lines.setdefault(name, {}).setdefault(int(s["workers"]), []).extend(
-            float(x) for x in r["bandwidth"]["gbps_per_repeat"]
-        )
+        lines.setdefault(name, {}).setdefault(int(s["workers"]), []).extend(_gbps(r))
 
     fig = figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
@@ -118,10 +121,7 @@ def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: boo
         errs = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=4, label=name)
     ceilings = [
-        c
-        for _, r in usable
-        for c in [(r.get("bandwidth") or {}).get("ceiling_gbps")]
-        if isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0
+        c for _, r in usable for c in [r.bandwidth.ceiling_gbps if r.bandwidth else None] if c is not None and c > 0
     ]
     if ceilings:
         ceiling = max(ceilings)
@@ -134,7 +134,7 @@ def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: boo
     ax.legend(title="pinning")
     ax.set_title(
         _describe(usable[0][1])
-        if len({repr((r.get("host") or {}).get("hostname")) for _, r in usable}) == 1
+        if len({repr(r.host.hostname) for _, r in usable}) == 1
         else _describe(usable[0][1]) + " and other hosts",
         fontsize=10,
     )
@@ -143,15 +143,16 @@ def plot_scaling(reports: list[tuple[str, dict]], out: str | Path, *, force: boo
     return notes
 
 
-def plot_timeline(reports: list[tuple[str, dict]], out: str | Path, *, force: bool = False) -> list[str]:
+def plot_timeline(reports: Reports, out: str | Path, *, force: bool = False) -> list[str]:
     """One panel per report: each worker's chunks of the last repeat as back-to-back bars."""
     figure = require_matplotlib()
     notes: list[str] = []
     usable = []
-    for src, r in reports:
-        ws = r.get("workers") or []
-        if not ws or not all(w.get("chunk_s") for w in ws):
-            notes.append(f"{src}: left out (no per-chunk timings; status {r.get('status')})")
+    for src, raw in reports:
+        r = as_run_report(src, raw)
+        ws = r.workers or []
+        if not ws or not all(w.chunk_s for w in ws):
+            notes.append(f"{src}: left out (no per-chunk timings; status {r.status})")
             continue
         usable.append((src, r))
     if not usable:
@@ -160,13 +161,14 @@ def plot_timeline(reports: list[tuple[str, dict]], out: str | Path, *, force: bo
     labels = make_labels([run_settings(r, src) for src, r in usable])
 
     xmax = 0.0
-    for _, r in usable:
-        for w in r["workers"]:
-            xmax = max(xmax, sum(w["chunk_s"][-1]) * 1e3)
-        walls = (r.get("timings") or {}).get("repeat_s") or []
+    timelines = [(r, [(w, (w.chunk_s or [[]])[-1]) for w in r.workers or []]) for _, r in usable]
+    for r, rows in timelines:
+        for _, last in rows:
+            xmax = max(xmax, sum(last) * 1e3)
+        walls = _repeat_s(r)
         if walls:
             xmax = max(xmax, walls[-1] * 1e3)
-    heights = [0.9 + 0.45 * len(r["workers"]) for _, r in usable]
+    heights = [0.9 + 0.45 * len(rows) for _, rows in timelines]
     fig = figure(figsize=(9, 1.0 + sum(heights)), layout="constrained")
     axes = fig.subplots(len(usable), 1, squeeze=False, sharex=True, gridspec_kw={"height_ratios": heights})[:, 0]
     try:
@@ -175,40 +177,39 @@ def plot_timeline(reports: list[tuple[str, dict]], out: str | Path, *, force: bo
         cmap = colormaps["tab20"]
     except ImportError:  # matplotlib < 3.5 has no colormaps registry; tab10's colors are the default cycle
         cmap = None
-    for ax, (_, r), label in zip(axes, usable, labels):
+    for ax, (r, worker_rows), label in zip(axes, timelines, labels):
         g = 0
         ticks = []
-        for row, w in enumerate(r["workers"]):
+        for row, (w, last) in enumerate(worker_rows):
             t = 0.0
-            chunks = w.get("chunks") or []
-            for k, d in enumerate(w["chunk_s"][-1]):
+            chunks = w.chunks or []
+            for k, d in enumerate(last):
                 ms = d * 1e3
                 color = cmap(g % 20) if cmap is not None else f"C{g % 10}"
                 ax.barh(row, ms, left=t, height=0.7, color=color, edgecolor="white")
                 if ms > 0.12 * xmax:
-                    rows = chunks[k] if k < len(chunks) else None
-                    where = f"rows {_short_count(rows[0])}-{_short_count(rows[1])}" if rows else f"chunk {k}"
+                    span = chunks[k] if k < len(chunks) else None
+                    where = f"rows {_short_count(span[0])}-{_short_count(span[1])}" if span else f"chunk {k}"
                     ax.text(t + ms / 2, row, f"{where}\n{ms:.2f} ms", ha="center", va="center", fontsize=7)
                 t += ms
                 g += 1
-            node = w.get("node")
+            node = w.node
             ticks.append(
-                f"rank {w.get('rank')}\nCPUs {format_cpulist(w.get('cpus_observed') or []) or '-'}"
+                f"rank {w.rank}\nCPUs {format_cpulist(w.cpus_observed or []) or '-'}"
                 + ("" if node is None else f", node {node}")
             )
         ax.set_yticks(range(len(ticks)), labels=ticks, fontsize=8)
         ax.set_ylim(len(ticks) - 0.5, -0.5)  # rank 0 on top
-        walls = (r.get("timings") or {}).get("repeat_s") or []
+        walls = _repeat_s(r)
         wall = ""
         if walls:  # the launcher's wall time of the round: the slowest worker plus messaging
             ax.axvline(walls[-1] * 1e3, linestyle="--", color="black")
             wall = f", wall time {walls[-1] * 1e3:.2f} ms (dashed)"
         n = len(walls)
-        policy = (r.get("plan") or {}).get("policy")
-        nw = len(r["workers"])
+        policy = r.plan.policy if r.plan else None
+        nw = len(worker_rows)
         ax.set_title(
-            f"[{label}] {(r.get('job') or {}).get('name')}: pinning {policy}, "
-            f"{nw} worker{'s' * (nw != 1)}, last repeat ({n} of {n}){wall}",
+            f"[{label}] {r.job.name}: pinning {policy}, {nw} worker{'s' * (nw != 1)}, last repeat ({n} of {n}){wall}",
             fontsize=9,
         )
         ax.grid(True, axis="x", alpha=0.3)

@@ -17,13 +17,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from . import __version__
 from .cpulist import format_cpulist
 from .errors import SpecError
+from .report_model import RunReport, describe_validation_error
 from .tables import format_seconds
 from .threads import relevant_env
 from .topology import read_text
 
-__all__ = ["REPORT_VERSION", "host_info", "write_report", "load_report", "check_run_report", "summarize", "stats"]
+__all__ = [
+    "REPORT_VERSION",
+    "RunReport",
+    "host_info",
+    "write_report",
+    "read_report",
+    "load_report",
+    "as_run_report",
+    "check_run_report",
+    "summarize",
+    "stats",
+]
 
 REPORT_VERSION = 1
 
@@ -41,8 +56,6 @@ def _cpu_model() -> str | None:
 
 def host_info() -> dict[str, Any]:
     import numpy
-
-    from . import __version__
 
     return {
         "hostname": socket.gethostname(),
@@ -127,8 +140,22 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, overwrite: bool =
     return p
 
 
-def load_report(path: str | os.PathLike[str]) -> dict:
-    """Read a report, refusing malformed files and unknown versions with a one-line ``SpecError``."""
+def read_report(path: str | os.PathLike[str]) -> RunReport:
+    """Read one run's report as a :class:`~shmhpc.report_model.RunReport`.
+
+    Version policy: version 1 is read; a newer version is refused with a message saying to
+    upgrade shmhpc; new fields within a version are additive and ignored by older readers.
+    Everything wrong is a one-line ``SpecError`` naming the file (and the field).
+    """
+    return _read(path)[1]
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The report as the plain dict in the file, after the same checks as :func:`read_report`."""
+    return _read(path)[0]
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], RunReport]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -141,15 +168,35 @@ def load_report(path: str | os.PathLike[str]) -> dict:
         raise SpecError(f"{path}: not a JSON report (line {exc.lineno}: {exc.msg}); truncated?") from None
     if not isinstance(data, dict) or "version" not in data:
         raise SpecError(f"{path}: not a shmhpc report (no 'version' field)")
-    version = data["version"]
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise SpecError(f"{path}: not a shmhpc report ('version' is {version!r}, not an integer)")
-    if version != REPORT_VERSION:
-        raise SpecError(
-            f"{path}: report version {data['version']!r} is not supported; this shmhpc reads version {REPORT_VERSION}"
-        )
-    check_run_report(str(path), data)
-    return data
+    return data, as_run_report(str(path), data)
+
+
+def as_run_report(source: str, report: Any, *, strict: bool = True) -> RunReport:
+    """Check a report already in memory (a dict, or a model) and return it as a ``RunReport``.
+
+    ``source`` names it in messages (a file name). ``strict=False`` accepts what the runner holds
+    before writing (tuples for lists, numpy scalars); a file is always read strictly.
+    """
+    if isinstance(report, RunReport):
+        return report
+    if isinstance(report, dict) and "version" in report:
+        version = report["version"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise SpecError(f"{source}: not a shmhpc report ('version' is {version!r}, not an integer)")
+        if version > REPORT_VERSION:
+            raise SpecError(
+                f"{source}: report version {version} is not supported: it is newer than this shmhpc "
+                f"{__version__} reads (version {REPORT_VERSION}); upgrade shmhpc to read it"
+            )
+        if version != REPORT_VERSION:
+            raise SpecError(
+                f"{source}: report version {version!r} is not supported; this shmhpc reads version {REPORT_VERSION}"
+            )
+    check_run_report(source, report)
+    try:
+        return RunReport.model_validate(report, strict=strict)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: malformed report: {describe_validation_error(exc)}") from None
 
 
 def check_run_report(source: str, report: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -173,3 +174,59 @@ def run_in_pty(args: list[str], cwd: str | Path, timeout: float = 60) -> tuple[i
     proc.wait(timeout=timeout)
     os.close(master)
     return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+# -- every run report the suite writes must match `shmhpc schema --report` ---------------------
+
+VALIDATED_REPORTS: list[Path] = []  # how many were checked, so a test can see the check really runs
+
+
+@functools.cache
+def _report_validator():
+    import jsonschema
+
+    from shmhpc.report_model import report_json_schema
+
+    schema = report_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate_reports_under(root: Path) -> int:
+    """Validate every run report under ``root`` against the report schema; returns how many.
+
+    A run report is what ``shmhpc run`` writes: an object with ``version``, ``job``, ``status`` and
+    ``report_path`` (a sweep summary has ``kind``). Hand-made reports in tests, some malformed on
+    purpose, have no ``report_path``; ``tests/test_report_model.py`` checks the helper that makes them.
+    """
+    n = 0
+    for path in sorted(Path(root).rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            not isinstance(data, dict)
+            or "kind" in data
+            or not {"version", "job", "status", "report_path"} <= data.keys()
+        ):
+            continue
+        import jsonschema
+
+        err = jsonschema.exceptions.best_match(_report_validator().iter_errors(data))  # the deepest, not the anyOf
+        assert err is None, (
+            f"{path} does not match `shmhpc schema --report`: "
+            f"{'.'.join(map(str, err.absolute_path)) or '(top)'}: {err.message}"
+        )
+        VALIDATED_REPORTS.append(path)
+        n += 1
+    return n
+
+
+@pytest.fixture(autouse=True)
+def _reports_validate_against_schema(request):
+    """After each test that has a ``tmp_path``, check the run reports written there (cheap: a few small files)."""
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp is not None:
+        validate_reports_under(tmp)
