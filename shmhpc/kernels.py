@@ -5,25 +5,10 @@ state* (``map``, run in a worker), merges two states (``combine``, associative,
 run in the launcher as the states come back through the pipes) and turns the
 final state into a JSON-able value (``finalize``).
 
-Built-ins: ``sum``, ``mean``, ``min``, ``max``, ``var``, ``std`` (population,
-``ddof=0`` like ``np.var``) and ``norm2`` (Euclidean norm of all elements).
-Every built-in state starts with the element count ``n`` so the verifier can
-check that no element was skipped or reduced twice:
-
-============  ===================  =============================================
-kernel        state                combine
-============  ===================  =============================================
-sum, mean     ``(n, s)``           ``(na + nb, sa + sb)``
-min, max      ``(n, v)``           NaN-propagating min/max; ``v`` is ``None``
-                                   for an empty chunk
-var, std      ``(n, mean, M2)``    Chan, Golub & LeVeque's parallel update
-norm2         ``(n, sumsq)``       ``(na + nb, qa + qb)``
-============  ===================  =============================================
-
-``s`` is a python ``float``, except for a ``native`` sum of an integer (or
-bool) array, where it is a python ``int`` so that the combine stays exact.
-``v`` keeps the element's own kind (``int`` for integer arrays, ``float``
-otherwise): a min or max is one of the elements and needs no rounding.
+Built-in kernels are one class each in :mod:`shmhpc.reductions`, listed by
+its registry (:data:`BUILTINS`, :func:`builtin_names`); their states start
+with the element count ``n`` so the verifier can check that no element was
+skipped or reduced twice.
 
 Anything else is a user kernel ``"package.module:function"``; see
 :func:`make_kernel`. This module does no I/O and starts no processes.
@@ -42,37 +27,37 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import RunError, SpecError
+from .reductions import (
+    BUILTINS,
+    BuiltinKernel,
+    Reference,
+    builtin_kernel,
+    builtin_names,
+    register_kernel,
+    unregister_kernel,
+)
+from .summation import SUBBLOCK_ELEMENTS
 
 __all__ = [
     "ACCUMULATE",
-    "BUILTIN_KERNELS",
+    "BUILTINS",
+    "SUBBLOCK_ELEMENTS",
+    "BuiltinKernel",
     "Kernel",
+    "Reference",
+    "builtin_names",
     "combine_all",
     "describe_kernel",
     "make_kernel",
+    "register_kernel",
     "state_count",
+    "unregister_kernel",
 ]
 
-BUILTIN_KERNELS: tuple[str, ...] = ("sum", "mean", "min", "max", "var", "std", "norm2")
 ACCUMULATE = ("float64", "native")
-
-# var/std/norm2 need elementwise temporaries (x - mean, x*x). Working on
-# sub-blocks of 2**18 elements (2 MiB in float64) keeps the one reused buffer in
-# L2/L3 instead of streaming a second 1 GB array through DRAM.
-SUBBLOCK_ELEMENTS = 1 << 18
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ATTR_RE = _MODULE_RE  # a dotted attribute path such as ``Class.method`` is walked with getattr
-
-_DESCRIPTIONS = {
-    "sum": "sum of all elements",
-    "mean": "arithmetic mean of all elements",
-    "min": "smallest element (NaN if any element is NaN)",
-    "max": "largest element (NaN if any element is NaN)",
-    "var": "population variance (ddof=0) of all elements",
-    "std": "population standard deviation (ddof=0) of all elements",
-    "norm2": "Euclidean norm sqrt(sum(x**2)) of all elements",
-}
 
 
 class Kernel(Protocol):
@@ -92,182 +77,6 @@ class Kernel(Protocol):
     def finalize(self, state: Any) -> float | list | int:
         """The JSON-able final value (python number or nested list)."""
         ...
-
-
-# ---------------------------------------------------------------------------------------------
-# built-ins
-
-
-def _check_real(name: str, chunk: np.ndarray) -> None:
-    if chunk.dtype.kind not in "biuf":
-        raise SpecError(
-            f"kernel: built-in {name!r} needs a real-valued array (bool, integer or float); got dtype {chunk.dtype}"
-        )
-
-
-def _is_integer(dtype: np.dtype) -> bool:
-    return dtype.kind in "biu"
-
-
-def _work_dtype(dtype: np.dtype, accumulate: str) -> np.dtype:
-    """The dtype var/std/norm2 compute their elementwise temporaries in.
-
-    ``native`` means the array's own float dtype, except float16, which works
-    in float32 as numpy's own mean/var do (a float16 square underflows below
-    6e-5 and overflows above 255). Integer arrays always go through float64:
-    an integer ``x*x`` would overflow, and ``np.var`` or ``np.linalg.norm``
-    convert integers to float64 too.
-    """
-    if accumulate == "native" and dtype.kind == "f":
-        return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
-    return np.dtype(np.float64)
-
-
-def _chan(a: tuple, b: tuple) -> tuple:
-    """Merge two ``(n, mean, M2)`` states (Chan, Golub & LeVeque 1979).
-
-    With delta = mean_b - mean_a the merged mean is mean_a + delta*nb/n and
-    M2 = M2a + M2b + delta**2 * na*nb/n. Unlike the textbook sum(x**2) -
-    n*mean**2 it never subtracts two large, nearly equal numbers, so data with
-    a large offset (mean 1e6, std 1) keeps its variance. An empty state is the
-    identity.
-    """
-    na, ma, qa = a
-    nb, mb, qb = b
-    if na == 0:
-        return b
-    if nb == 0:
-        return a
-    n = na + nb
-    delta = mb - ma
-    return (n, ma + delta * (nb / n), qa + qb + delta * delta * na * (nb / n))
-
-
-def _pick(op: str, a: Any, b: Any) -> Any:
-    """NaN-propagating min or max of two scalars; ``None`` (empty chunk) is the identity."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if a != a:  # NaN wins, as in np.min / np.max
-        return a
-    if b != b:
-        return b
-    return min(a, b) if op == "min" else max(a, b)
-
-
-class _Builtin:
-    """One built-in reduction; ``accumulate`` picks the dtype sums run in."""
-
-    builtin = True
-
-    def __init__(self, name: str, accumulate: str):
-        self.name = name
-        self.accumulate = accumulate
-
-    def __reduce__(self):
-        # Rebuild from the spec on unpickling, so a worker gets exactly what make_kernel gives.
-        return (make_kernel, (self.name, self.accumulate))
-
-    def __repr__(self) -> str:
-        return f"<kernel {self.name} accumulate={self.accumulate}>"
-
-    # -- map ---------------------------------------------------------------------------------
-    def map(self, chunk: np.ndarray) -> tuple:
-        chunk = np.asarray(chunk)
-        _check_real(self.name, chunk)
-        n = int(chunk.size)
-        # Overflow and invalid operations show up as inf/NaN in the value, which the
-        # verifier reports; a RuntimeWarning from inside a worker would only be noise.
-        with np.errstate(over="ignore", invalid="ignore"):
-            if self.name in ("sum", "mean"):
-                return (n, self._sum(chunk))
-            if self.name in ("min", "max"):
-                if n == 0:
-                    return (0, None)
-                v = np.min(chunk) if self.name == "min" else np.max(chunk)
-                return (n, v.item())  # exact: python int for integers, float for floats
-            if self.name in ("var", "std"):
-                return self._moments(chunk)
-            return (n, self._sumsq(chunk))
-
-    def _sum(self, chunk: np.ndarray) -> float | int:
-        if self.accumulate == "float64":
-            # On float64 data this is numpy's pairwise sum over the whole chunk; on other
-            # dtypes numpy casts in buffers of 8192 elements, sums each buffer pairwise and
-            # adds the buffer results one after another (see verify.py for the error bound).
-            return float(np.sum(chunk, dtype=np.float64))
-        s = np.sum(chunk)  # numpy's default: pairwise in the float dtype, int64/uint64 for integers
-        if _is_integer(chunk.dtype):
-            # Keep integer partials exact; a wrapped int64 sum inside a chunk then shows up
-            # as a mismatch against the verifier's exact integer reference.
-            return int(s)
-        return float(s)
-
-    def _moments(self, chunk: np.ndarray) -> tuple:
-        """``(n, mean, M2)`` by a two-pass pass over each sub-block, merged with Chan's update."""
-        flat = chunk.reshape(-1)
-        total = flat.size
-        if total == 0:
-            return (0, 0.0, 0.0)
-        work = _work_dtype(chunk.dtype, self.accumulate)
-        buf = np.empty(min(total, SUBBLOCK_ELEMENTS), dtype=work)  # one reused, cache-sized temporary
-        state: tuple = (0, 0.0, 0.0)
-        for start in range(0, total, SUBBLOCK_ELEMENTS):
-            block = flat[start : start + SUBBLOCK_ELEMENTS]
-            k = block.size
-            d = buf[:k]
-            np.copyto(d, block, casting="unsafe")  # exact for float32/float16/int32 -> float64
-            # pairwise sum in the work dtype; divide in float64 (a float16 cannot even hold k)
-            # and round the mean back to the work dtype for the subtraction
-            m = work.type(float(d.sum()) / k)
-            d -= m
-            d *= d
-            state = _chan(state, (k, float(m), float(d.sum())))
-        return state
-
-    def _sumsq(self, chunk: np.ndarray) -> float:
-        """sum(x**2) over sub-blocks: square into a cache-sized buffer, pairwise-sum it."""
-        flat = chunk.reshape(-1)
-        total = flat.size
-        if total == 0:
-            return 0.0
-        work = _work_dtype(chunk.dtype, self.accumulate)
-        buf = np.empty(min(total, SUBBLOCK_ELEMENTS), dtype=work)
-        q = 0.0
-        for start in range(0, total, SUBBLOCK_ELEMENTS):
-            block = flat[start : start + SUBBLOCK_ELEMENTS]
-            d = buf[: block.size]
-            np.multiply(block, block, out=d, dtype=work, casting="unsafe")
-            q += float(d.sum())  # sub-block results are added in float64, one after another
-        return q
-
-    # -- combine / finalize ----------------------------------------------------------------------
-    def combine(self, a: tuple, b: tuple) -> tuple:
-        if self.name in ("var", "std"):
-            return _chan(a, b)
-        if self.name in ("min", "max"):
-            return (a[0] + b[0], _pick(self.name, a[1], b[1]))
-        return (a[0] + b[0], a[1] + b[1])
-
-    def finalize(self, state: tuple) -> float | int:
-        n = state[0]
-        if self.name == "sum":
-            s = state[1]
-            return s if isinstance(s, int) else float(s)
-        if self.name == "mean":
-            # int / int is correctly rounded in python, so an exact integer sum gives the best mean
-            return state[1] / n if n else math.nan
-        if self.name in ("min", "max"):
-            if n == 0:
-                raise RunError(f"kernel {self.name!r}: no elements to take the {self.name} of")
-            return state[1]
-        if self.name in ("var", "std"):
-            if n == 0:
-                return math.nan
-            var = state[2] / n
-            return var if self.name == "var" else math.sqrt(var)
-        return math.sqrt(state[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,9 +213,9 @@ def _import_module(module: str, spec: str, search_path: list[str]) -> Any:
 
 
 def _unknown(spec: str) -> SpecError:
-    allowed = ", ".join(BUILTIN_KERNELS)
-    msg = f"kernel: {spec!r} is not a built-in kernel ({allowed}) nor a 'module:function' path"
-    close = difflib.get_close_matches(spec.lower(), BUILTIN_KERNELS, n=1)
+    names = builtin_names()
+    msg = f"kernel: {spec!r} is not a built-in kernel ({', '.join(names)}) nor a 'module:function' path"
+    close = difflib.get_close_matches(spec.lower(), names, n=1)
     if close:
         msg += f"; did you mean {close[0]!r}?"
     return SpecError(msg)
@@ -458,9 +267,8 @@ def make_kernel(spec: str, accumulate: str = "float64", search_path: list[str] |
     Parameters
     ----------
     spec : str
-        A built-in name (``sum``, ``mean``, ``min``, ``max``, ``var``, ``std``,
-        ``norm2``) or a user kernel ``"package.module:attribute"``. The
-        attribute may be
+        A built-in name (one of :func:`builtin_names`) or a user kernel
+        ``"package.module:attribute"``. The attribute may be
 
         * a plain function ``f(chunk) -> number | ndarray``; partial results
           are added (``a + b``: python ints stay exact, floats combine in
@@ -487,8 +295,10 @@ def make_kernel(spec: str, accumulate: str = "float64", search_path: list[str] |
     -------
     Kernel
         An object with ``name``, ``builtin``, ``map``, ``combine`` and
-        ``finalize``; user kernels also carry ``rtol`` and ``atol``. Kernels
-        pickle by spec: unpickling calls ``make_kernel`` again.
+        ``finalize``: for a built-in, an instance of its registered
+        :class:`BuiltinKernel` subclass (which also has ``reference`` and
+        ``tolerance``); user kernels carry ``rtol`` and ``atol``. Kernels
+        pickle by spec: unpickling builds them from the name again.
 
     Raises
     ------
@@ -503,8 +313,8 @@ def make_kernel(spec: str, accumulate: str = "float64", search_path: list[str] |
         raise SpecError(f"accumulate: {accumulate!r} is not one of {', '.join(ACCUMULATE)}")
     if not isinstance(spec, str):
         raise SpecError(f"kernel: {spec!r} is not a string")
-    if spec in BUILTIN_KERNELS:
-        return _Builtin(spec, accumulate)
+    if spec in BUILTINS:
+        return builtin_kernel(spec, accumulate)
     module_name, colon, attr_path = spec.partition(":")
     if not colon or not _MODULE_RE.match(module_name) or not _ATTR_RE.match(attr_path):
         raise _unknown(spec)
@@ -551,12 +361,12 @@ def describe_kernel(spec: str | Kernel) -> str:
 
     Does not import user modules when given a spec string.
     """
+    if isinstance(spec, BuiltinKernel):
+        return f"{spec.description}, accumulated in {spec.accumulate}"
     if not isinstance(spec, str):
-        if getattr(spec, "builtin", False):
-            return f"{_DESCRIPTIONS[spec.name]}, accumulated in {getattr(spec, 'accumulate', 'float64')}"
         style = getattr(spec, "style", "function")
         how = "partial results added" if style == "function" else "its own map/combine/finalize"
         return f"user kernel {spec.name} ({how})"
-    if spec in _DESCRIPTIONS:
-        return _DESCRIPTIONS[spec]
+    if spec in BUILTINS:
+        return BUILTINS[spec].description
     return f"user kernel {spec}"

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from shmhpc.errors import RunError, SpecError
 from shmhpc.kernels import (
     ACCUMULATE,
-    BUILTIN_KERNELS,
     SUBBLOCK_ELEMENTS,
+    builtin_names,
     combine_all,
     describe_kernel,
     make_kernel,
@@ -63,7 +63,7 @@ def numpy_value(name: str, a: np.ndarray):
 
 
 @pytest.mark.parametrize("acc", ACCUMULATE)
-@pytest.mark.parametrize("name", BUILTIN_KERNELS)
+@pytest.mark.parametrize("name", builtin_names())
 @pytest.mark.parametrize("which", sorted(ARRAYS))
 @settings(max_examples=8, deadline=None, database=None)
 @given(cuts=st.lists(st.integers(0, 10_000), max_size=7))
