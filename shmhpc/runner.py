@@ -79,12 +79,15 @@ def run_job(
     progress: NullProgress | None = None,
     write: bool = True,
     force: bool = False,
+    stop: StopSignals | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` and return its report (also written to disk unless ``write=False``).
 
     Never raises for a failed run: the report's ``status`` says ``failed`` or
     ``interrupted`` with ``error``; ``report["exit_code"]`` is what the CLI exits with.
     An existing report file is not overwritten unless ``force`` (the run is refused, exit 2).
+    ``stop`` is the caller's stop-signal handler when it runs several jobs (a sweep): the run
+    records signals there, so the caller sees them too, and one that came before the run stops it.
     """
     progress = progress or NullProgress()
     report = _new_report(spec, topology)
@@ -94,7 +97,7 @@ def run_job(
     session: RunSession | None = None
     keep_existing = False
     exit_code = 0
-    flag = StopSignals()
+    flag = stop if stop is not None else StopSignals()
     try:
         # The handlers stay installed until the session is torn down: a signal during teardown is recorded.
         with flag:

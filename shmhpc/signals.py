@@ -30,6 +30,7 @@ class StopSignals:
         self.signum: int | None = None
         self.count = 0
         self._saved: dict[int, Any] = {}
+        self._depth = 0  # re-entered by a nested user (a sweep's runs): only the outermost installs
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is None:
@@ -37,12 +38,16 @@ class StopSignals:
         self.count += 1
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():  # signal.signal: main only
             for s in STOP_SIGNALS:
                 self._saved[s] = signal.signal(s, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
         for s, h in self._saved.items():
             signal.signal(s, h)
         self._saved.clear()

@@ -30,7 +30,7 @@ import yaml
 
 from .errors import SpecError
 from .progress import LiveLine, NullProgress, round_status
-from .report import now_stamp, write_report, write_text_atomic
+from .report import as_run_report, now_stamp, write_report, write_text_atomic
 from .signals import StopSignals
 from .tables import format_seconds, markdown_table, text_table
 
@@ -254,44 +254,19 @@ def text_summary(summary: dict[str, Any]) -> str:
     return text_table(headers, rows)
 
 
-def run_sweep(
-    spec_path: str,
-    vary: list[str],
-    out_dir: str | None = None,
-    *,
-    base_overrides: list[str] | None = None,
-    quiet: bool = False,
-    force: bool = False,
-    stream: IO[str] | None = None,
-    run: Callable[..., dict[str, Any]] | None = None,
-    topology: Topology | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Run every combination; return ``(summary, exit_code)``.
+def _plan_entries(
+    spec_path: str, base: list[str], combos: list[list[str]], topology: Topology, spec_dir: Path
+) -> list[Entry]:
+    """Load and plan every combination before anything runs.
 
-    Every combination is planned against, and run with, ``topology`` (default: this
-    machine as ``read_topology()`` sees it; the CLI passes ``--sysfs-root``/``--allowed-cpus``).
-    The exit code is 0 when every run that ran is ok (skipped ones do not count), 1 when a
-    run failed, and the interrupted run's code (130 SIGINT, 143 SIGTERM) when stopped.
-    Raises ``SpecError`` for bad ``--vary`` items, values the spec refuses, an output
-    directory that already holds a sweep (unless ``force``), or when every combination is
-    impossible here.
+    A value the spec refuses is bad input for the whole sweep (every such message raised at once);
+    a combination this machine cannot run is kept as ``skipped`` with the planner's reason.
     """
     from .planning import prepare
-    from .runner import run_job
     from .spec import load_spec
-    from .topology import read_topology
-
-    run = run or run_job
-    axes = parse_vary(vary)
-    base = list(base_overrides or [])
-    base_spec = load_spec(spec_path, base or None)
-    spec_dir = Path(spec_path).resolve().parent
-    if topology is None:
-        topology = read_topology()
 
     entries: list[Entry] = []
     errors: list[str] = []
-    combos = combinations(axes)
     for i, overrides in enumerate(combos, start=1):
         entry = Entry(
             index=i,
@@ -314,17 +289,42 @@ def run_sweep(
         entries.append(entry)
     if errors:
         raise SpecError(errors)
+    return entries
 
-    out = Path(out_dir) if out_dir else Path("sweeps") / f"{base_spec.name}-{now_stamp()}"
-    if (out / "sweep.json").exists() and not force:
-        raise SpecError(f"--out: {out} already holds a sweep (sweep.json); choose another directory or add --force")
-    out.mkdir(parents=True, exist_ok=True)
 
-    summary: dict[str, Any] = {
+def _run_entry(
+    e: Entry, tag: str, out: Path, progress: SweepProgress, run: Callable[[Any, str], dict[str, Any]]
+) -> None:
+    """Run one combination and record its outcome in ``e`` (and one line of progress)."""
+    progress.begin(e.index, " ".join(e.overrides))
+    t0 = time.perf_counter()
+    report = run(e.spec, str(out / e.file))
+    progress.finished()
+    r = as_run_report(str(out / e.file), report, strict=False)
+    e.status = r.status
+    e.exit_code = r.exit_code or 0
+    e.reason = r.error
+    if r.report_path:
+        e.file = os.path.relpath(r.report_path, out)
+    e.median_repeat_s = r.timings.repeat.median if r.timings and r.timings.repeat else None
+    e.median_gbps = r.bandwidth.gbps.median if r.bandwidth and r.bandwidth.gbps else None
+    if e.status == "ok":
+        progress.line(
+            f"{tag}: ok, median {format_seconds(e.median_repeat_s)}, "
+            f"{e.median_gbps or 0:.2f} GB/s ({time.perf_counter() - t0:.1f} s) -> {out / e.file}"
+        )
+    else:
+        progress.line(f"{tag}: {e.status}: {e.reason}")
+
+
+def _new_summary(
+    spec_path: str, name: str, base: list[str], axes: list[tuple[str, list[str]]], out: Path
+) -> dict[str, Any]:
+    return {
         "version": SWEEP_VERSION,
         "kind": "shmhpc-sweep",
         "spec": str(spec_path),
-        "name": base_spec.name,
+        "name": name,
         "set": base,
         "vary": [{"key": k, "values": vs} for k, vs in axes],
         "host": socket.gethostname(),
@@ -334,6 +334,50 @@ def run_sweep(
         "status": "running",
         "runs": [],
     }
+
+
+def run_sweep(
+    spec_path: str,
+    vary: list[str],
+    out_dir: str | None = None,
+    *,
+    base_overrides: list[str] | None = None,
+    quiet: bool = False,
+    force: bool = False,
+    stream: IO[str] | None = None,
+    run: Callable[..., dict[str, Any]] | None = None,
+    topology: Topology | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Run every combination; return ``(summary, exit_code)``.
+
+    Every combination is planned against, and run with, ``topology`` (default: this
+    machine as ``read_topology()`` sees it; the CLI passes ``--sysfs-root``/``--allowed-cpus``).
+    The exit code is 0 when every run that ran is ok (skipped ones do not count), 1 when a
+    run failed, and the interrupted run's code (130 SIGINT, 143 SIGTERM) when stopped.
+    Raises ``SpecError`` for bad ``--vary`` items, values the spec refuses, an output
+    directory that already holds a sweep (unless ``force``), or when every combination is
+    impossible here.
+    """
+    from .runner import run_job
+    from .spec import load_spec
+    from .topology import read_topology
+
+    run = run or run_job
+    axes = parse_vary(vary)
+    base = list(base_overrides or [])
+    base_spec = load_spec(spec_path, base or None)
+    spec_dir = Path(spec_path).resolve().parent
+    if topology is None:
+        topology = read_topology()
+
+    entries = _plan_entries(spec_path, base, combinations(axes), topology, spec_dir)
+
+    out = Path(out_dir) if out_dir else Path("sweeps") / f"{base_spec.name}-{now_stamp()}"
+    if (out / "sweep.json").exists() and not force:
+        raise SpecError(f"--out: {out} already holds a sweep (sweep.json); choose another directory or add --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary = _new_summary(spec_path, base_spec.name, base, axes, out)
 
     def save() -> None:
         summary["runs"] = [e.to_dict() for e in entries]
@@ -347,38 +391,25 @@ def run_sweep(
     save()
     with StopSignals() as stop:
         for e in entries:
-            what = " ".join(e.overrides)
-            tag = f"[sweep {e.index}/{len(entries)}] {what}"
+            tag = f"[sweep {e.index}/{len(entries)}] {' '.join(e.overrides)}"
             if stop.signum is not None:
                 e.status = "not run"
                 continue
             if e.status == "skipped":
                 progress.line(f"{tag}: skipped: {e.reason}")
                 continue
-            progress.begin(e.index, what)
-            t0 = time.perf_counter()
-            report = run(
-                e.spec, topology, spec_dir=spec_dir, report_path=str(out / e.file), progress=progress, force=True
+            # The run records signals in the sweep's own handler: one owner, and the sweep sees them.
+            _run_entry(
+                e,
+                tag,
+                out,
+                progress,
+                lambda spec, path: run(
+                    spec, topology, spec_dir=spec_dir, report_path=path, progress=progress, force=True, stop=stop
+                ),
             )
-            progress.finished()
-            e.status = str(report.get("status"))
-            e.exit_code = int(report.get("exit_code", 0))
-            e.reason = report.get("error")
-            if report.get("report_path"):
-                e.file = os.path.relpath(report["report_path"], out)
-            e.median_repeat_s = ((report.get("timings") or {}).get("repeat") or {}).get("median")
-            e.median_gbps = (((report.get("bandwidth") or {}).get("gbps")) or {}).get("median")
-            if e.status == "ok":
-                line = (
-                    f"{tag}: ok, median {format_seconds(e.median_repeat_s)}, "
-                    f"{e.median_gbps or 0:.2f} GB/s ({time.perf_counter() - t0:.1f} s) -> {out / e.file}"
-                )
-            else:
-                line = f"{tag}: {e.status}: {e.reason}"
-            progress.line(line)
             if e.status == "interrupted":
                 exit_code = e.exit_code or 130
-                stop.signum = stop.signum or (exit_code - 128)
             elif e.status != "ok" and exit_code == 0:
                 exit_code = 1
             save()
