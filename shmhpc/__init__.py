@@ -2,7 +2,7 @@
 
 The few names a user imports::
 
-    from shmhpc import load_spec, read_topology, prepare, RunSession, run_job, load_report
+    from shmhpc import load_spec, read_topology, prepare, RunSession, run_job, read_report
 
 ``run_job``, ``RunSession`` and ``prepare`` are imported on first use, so that planning
 (``shmhpc plan``, ``validate``) never loads the pool, the shared-memory code or signal handling.
@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 from .errors import RunError, ShmhpcError, SpecError
 from .placement import plan_job
-from .report import load_report
+from .report import load_report, read_report
+from .report_model import RunReport
 from .spec import JobSpec, load_spec, spec_from_dict
 from .topology import Topology, read_topology
 
@@ -32,6 +33,7 @@ __all__ = [
     "JobSpec",
     "Prepared",
     "RunError",
+    "RunReport",
     "RunSession",
     "ShmhpcError",
     "SpecError",
@@ -41,6 +43,7 @@ __all__ = [
     "load_spec",
     "plan_job",
     "prepare",
+    "read_report",
     "read_topology",
     "run_job",
     "spec_from_dict",
