@@ -126,31 +126,9 @@ def run_job(
                 _result(session, report, timings, progress, replies)
                 flag.check()  # ... and one during verification or teardown
             report["status"] = "ok"
-    except _Refused as exc:
-        keep_existing = True
-        report["error"] = str(exc).replace("\n", "; ")
-        report["errors"] = exc.messages
-        exit_code = exc.exit_code
-    except RunInterrupted as exc:
-        report["status"] = "interrupted"
-        report["error"] = str(exc)
-        exit_code = exc.exit_code
-    except ShmhpcError as exc:
-        report["error"] = str(exc).replace("\n", "; ")
-        if isinstance(exc, SpecError):
-            report["errors"] = exc.messages
-        detail = getattr(exc, "detail", None)
-        if detail:
-            report["error_detail"] = detail
-        exit_code = exc.exit_code
-    except KeyboardInterrupt:
-        report["status"] = "interrupted"
-        report["error"] = "interrupted by SIGINT"
-        exit_code = 130
-    except Exception as exc:  # a bug of ours: still clean up and say what happened
-        report["error"] = f"internal error: {type(exc).__name__}: {exc}"
-        report["error_detail"] = traceback.format_exc()
-        exit_code = 1
+    except (Exception, KeyboardInterrupt) as exc:  # every way a run can fail ends in its report
+        keep_existing = isinstance(exc, _Refused)
+        exit_code = _record_failure(report, exc)
     finally:
         progress.close()
     if session is not None and session.teardown_s is not None:
@@ -159,6 +137,30 @@ def run_job(
     if write and not keep_existing:
         _write(report, spec, path, report_path, force)
     return report
+
+
+def _record_failure(report: dict[str, Any], exc: BaseException) -> int:
+    """Say in the report why the run ended early; return the exit code."""
+    if isinstance(exc, RunInterrupted):
+        report["status"] = "interrupted"
+        report["error"] = str(exc)
+        return exc.exit_code
+    if isinstance(exc, ShmhpcError):
+        report["error"] = str(exc).replace("\n", "; ")
+        if isinstance(exc, SpecError):
+            report["errors"] = exc.messages
+        detail = getattr(exc, "detail", None)
+        if detail:
+            report["error_detail"] = detail
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        report["status"] = "interrupted"
+        report["error"] = "interrupted by SIGINT"
+        return 130
+    # a bug of ours: still clean up and say what happened
+    report["error"] = f"internal error: {type(exc).__name__}: {exc}"
+    report["error_detail"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return 1
 
 
 # -- the phases ------------------------------------------------------------------------------------
