@@ -109,7 +109,9 @@ def cmd_topology(args: argparse.Namespace) -> int:
     print(f"sysfs root: {d['root']}")
     print(
         f"{len(d['online'])} online CPUs ({format_cpulist(d['online'])}), {d['physical_cores']} physical cores, "
-        f"{len(d['packages'])} package(s), {len(d['nodes'])} NUMA node(s)"
+        f"{len(d['packages'])} package(s)"
+        + (f" with {d['dies']} dies" if d["dies"] > len(d["packages"]) else "")
+        + f", {len(d['nodes'])} NUMA node(s)"
     )
     print(
         f"usable CPUs: {format_cpulist(d['usable'])} ({d['usable_source']}), "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-__all__ = ["format_cpulist", "parse_cpulist"]
+__all__ = ["format_cpulist", "parse_cpulist", "parse_cpumask"]
 
 # Larger than any kernel's NR_CPUS (8192 on x86 MAXSMP): a typo such as
 # ``0-99999999999`` is refused instead of building a set of 10**11 ints.
@@ -113,3 +113,19 @@ def format_cpulist(cpus: Iterable[int]) -> str:
         out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
         i = j + 1
     return ",".join(out)
+
+
+def parse_cpumask(text: str) -> list[int]:
+    """Parse the kernel's hex CPU mask (``node*/cpumap``: ``"00000000,0000f00f"``, 32-bit words, most
+    significant first) into a sorted list of CPU ids.
+
+    Raises
+    ------
+    ValueError
+        When a word is not hexadecimal; the message quotes the whole mask.
+    """
+    words = text.strip().split(",")
+    if not all(words) or not all(all(ch in "0123456789abcdefABCDEF" for ch in w) for w in words):
+        raise ValueError(f"{text.strip()!r} is not a hex CPU mask (32-bit words separated by commas)")
+    mask = int("".join(words), 16)
+    return [i for i in range(mask.bit_length()) if mask >> i & 1]

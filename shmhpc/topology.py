@@ -20,10 +20,10 @@ from __future__ import annotations
 import mmap
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .cpulist import format_cpulist, parse_cpulist
+from .cpulist import format_cpulist, parse_cpulist, parse_cpumask
 from .errors import SpecError
 
 __all__ = ["Cache", "Cpu", "Node", "Topology", "default_sysfs_root", "read_topology"]
@@ -45,6 +45,7 @@ class Cpu:
     core_id: int
     node: int
     siblings: tuple[int, ...]  # all hardware threads of this physical core, this one included
+    die: int = 0  # die within the package (topology/die_id), 0 where the kernel does not say
 
     @property
     def core(self) -> tuple[int, int]:
@@ -138,6 +139,7 @@ class Topology:
             "usable_source": self.usable_source,
             "cpu_quota": self.cpu_quota,
             "packages": self.packages(),
+            "dies": len({(c.package, c.die) for c in self.cpus.values()}),
             "physical_cores": len({c.core for c in self.cpus.values()}),
             "usable_physical_cores": len(self.usable_cores()),
             "nodes": [
@@ -150,7 +152,14 @@ class Topology:
                 for n in self.nodes.values()
             ],
             "cpus": [
-                {"id": c.id, "package": c.package, "core_id": c.core_id, "node": c.node, "siblings": list(c.siblings)}
+                {
+                    "id": c.id,
+                    "package": c.package,
+                    "die": c.die,
+                    "core_id": c.core_id,
+                    "node": c.node,
+                    "siblings": list(c.siblings),
+                }
                 for c in self.cpus.values()
             ],
             "caches": [
@@ -204,7 +213,19 @@ def _read_cpulist(path: Path) -> list[int] | None:
     if text is None:
         return None
     try:
-        return parse_cpulist(text)
+        # Some kernels pad the file with NUL bytes after the list (seen on a 128-core ARM server).
+        return parse_cpulist(text.strip("\x00 \t\n"))
+    except ValueError as e:
+        raise SpecError(f"sysfs: {path}: {e}") from None
+
+
+def _read_cpumask(path: Path) -> list[int] | None:
+    """A hex CPU-mask file (``cpumap``), ``None`` when absent; a malformed one is a ``SpecError``."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        return parse_cpumask(text.strip("\x00 \t\n"))
     except ValueError as e:
         raise SpecError(f"sysfs: {path}: {e}") from None
 
@@ -245,7 +266,7 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
     online = _read_online(cpu_dir, root_s, notes)
     node_cpus, node_mem = _read_nodes(base / "devices" / "system" / "node", online, notes)
     cpu_node = {c: nid for nid, cs in node_cpus.items() for c in cs}
-    cpus, caches = _read_cpus(cpu_dir, online, cpu_node)
+    cpus, caches = _read_cpus(cpu_dir, online, cpu_node, notes)
     nodes = {
         nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1]) for nid in sorted(node_cpus)
     }
@@ -270,8 +291,10 @@ def _read_online(cpu_dir: Path, root_s: str, notes: list[str]) -> list[int]:
     if online_list is None:
         if not cpu_dir.is_dir():
             raise SpecError(f"sysfs root: {root_s!r} has no devices/system/cpu; expected a sysfs tree like /sys")
-        online = sorted(int(m.group(1)) for p in cpu_dir.iterdir() if (m := re.fullmatch(r"cpu(\d+)", p.name)))
-        notes.append("cpu/online missing: assumed every cpuN directory is online")
+        present = sorted(int(m.group(1)) for p in cpu_dir.iterdir() if (m := re.fullmatch(r"cpu(\d+)", p.name)))
+        # Each CPU's own cpuN/online says 0 when it is offline (cpu0 often has no such file: always online).
+        online = [c for c in present if read_text(cpu_dir / f"cpu{c}" / "online") != "0"]
+        notes.append("cpu/online missing: a cpuN directory is online unless its own cpuN/online says 0")
     else:
         online = online_list
     if not online:
@@ -293,7 +316,12 @@ def _read_nodes(
                 continue
             nid = int(m.group(1))
             # Offline CPUs are dropped here as everywhere else.
-            node_cpus[nid] = [c for c in _read_cpulist(p / "cpulist") or [] if c in online_set]
+            listed = _read_cpulist(p / "cpulist")
+            if listed is None:  # older kernels (and some dumps) have only the hex mask
+                listed = _read_cpumask(p / "cpumap")
+                if listed is not None:
+                    notes.append(f"node {nid}: no cpulist, CPUs read from cpumap")
+            node_cpus[nid] = [c for c in listed or [] if c in online_set]
             node_mem[nid] = _meminfo(p / "meminfo")
     if not node_cpus:
         node_cpus = {0: list(online)}
@@ -310,24 +338,30 @@ def _read_nodes(
 
 
 def _read_cpus(
-    cpu_dir: Path, online: list[int], cpu_node: dict[int, int]
+    cpu_dir: Path, online: list[int], cpu_node: dict[int, int], notes: list[str]
 ) -> tuple[dict[int, Cpu], dict[tuple[int, str, tuple[int, ...]], Cache]]:
-    """Each online CPU's package, core and siblings, and the distinct caches."""
+    """Each online CPU's package, die, core and siblings, and the distinct caches."""
     online_set = set(online)
     cpus: dict[int, Cpu] = {}
     no_core_id: list[int] = []
+    kernel_siblings: dict[int, tuple[int, ...]] = {}
     caches: dict[tuple[int, str, tuple[int, ...]], Cache] = {}
     for c in online:
         t = cpu_dir / f"cpu{c}" / "topology"
         package = _read_int(t / "physical_package_id")
         core_id = _read_int(t / "core_id")
+        die = _read_int(t / "die_id")
         if package is None or package < 0:
             package = 0
         if core_id is None:
             no_core_id.append(c)
             core_id = -1  # replaced below
+        # Which CPUs share this core, as the kernel says (core_cpus_list; thread_siblings_list on older kernels).
+        listed = _read_cpulist(t / "core_cpus_list") or _read_cpulist(t / "thread_siblings_list")
+        if listed and c in listed:
+            kernel_siblings[c] = tuple(x for x in listed if x in online_set)
         # Provisional; the siblings are rebuilt from (package, core_id) below.
-        cpus[c] = Cpu(id=c, package=package, core_id=core_id, node=cpu_node[c], siblings=(c,))
+        cpus[c] = Cpu(c, package, core_id, cpu_node[c], (c,), die if die is not None and die >= 0 else 0)
         _read_caches(cpu_dir / f"cpu{c}" / "cache", c, online_set, caches)
 
     # No core_id (no topology files): every such CPU is its own core. Its id is the CPU
@@ -338,7 +372,8 @@ def _read_cpus(
             top[cpu.package] = max(top.get(cpu.package, -1), cpu.core_id)  # missing ones hold -1
         for c in no_core_id:
             cpu = cpus[c]
-            cpus[c] = Cpu(c, cpu.package, top[cpu.package] + 1 + c, cpu.node, (c,))
+            cpus[c] = replace(cpu, core_id=top[cpu.package] + 1 + c)
+    _split_repeated_core_ids(cpus, kernel_siblings, notes)
 
     # SMT siblings are the online CPUs sharing (package, core_id): core_id alone
     # repeats across sockets (loky#639), and siblings may be i and i+N (Intel) or
@@ -348,9 +383,45 @@ def _read_cpus(
         by_core.setdefault(cpu.core, []).append(cpu.id)
     for members in by_core.values():
         for member in members:
-            cpu = cpus[member]
-            cpus[member] = Cpu(cpu.id, cpu.package, cpu.core_id, cpu.node, tuple(sorted(members)))
+            cpus[member] = replace(cpus[member], siblings=tuple(sorted(members)))
     return cpus, caches
+
+
+def _split_repeated_core_ids(
+    cpus: dict[int, Cpu], kernel_siblings: dict[int, tuple[int, ...]], notes: list[str]
+) -> None:
+    """Multi-die packages restart core_id in each die: two real cores then share (package, core_id).
+
+    Where the kernel lists a CPU's core siblings, that list decides which CPUs share a core; a
+    (package, core_id) already taken by another sibling group gets a fresh core_id in its package.
+    """
+    owner: dict[tuple[int, int], tuple[int, ...]] = {}
+    top: dict[int, int] = {}
+    for cpu in cpus.values():
+        top[cpu.package] = max(top.get(cpu.package, -1), cpu.core_id)
+    split: set[int] = set()
+    rekeyed: dict[tuple[int, ...], int] = {}
+    for c in sorted(cpus):
+        group = kernel_siblings.get(c)
+        if group is None:
+            continue
+        cpu = cpus[c]
+        if group in rekeyed:
+            cpus[c] = replace(cpu, core_id=rekeyed[group])
+            continue
+        taken = owner.setdefault(cpu.core, group)
+        if taken != group:
+            top[cpu.package] += 1
+            rekeyed[group] = top[cpu.package]
+            owner[(cpu.package, rekeyed[group])] = group
+            cpus[c] = replace(cpu, core_id=rekeyed[group])
+            split.add(cpu.package)
+    for pkg in sorted(split):
+        dies = sorted({x.die for x in cpus.values() if x.package == pkg})
+        notes.append(
+            f"package {pkg}: core_id repeats across its dies ({', '.join(map(str, dies))}): "
+            "cores told apart by the kernel's core siblings lists"
+        )
 
 
 def _read_caches(

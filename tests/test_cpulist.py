@@ -190,3 +190,13 @@ def test_any_text_parses_or_raises_value_error(text: str) -> None:
     else:
         assert out == sorted(set(out))
         assert all(0 <= c <= 65535 for c in out)
+
+
+def test_parse_cpumask_reads_the_kernels_hex_words_most_significant_first():
+    from shmhpc.cpulist import parse_cpumask
+
+    assert parse_cpumask("0000000f\n") == [0, 1, 2, 3]
+    assert parse_cpumask("00000001,00000000") == [32]
+    assert parse_cpumask("00000000,00000000") == []
+    with pytest.raises(ValueError, match="not a hex CPU mask"):
+        parse_cpumask("0x1f")

@@ -214,7 +214,8 @@ def test_to_dict_values_two_socket(tmp_path: Path) -> None:
     assert d["usable_source"] == "override"
     assert d["packages"] == [0, 1]
     assert d["llc_bytes"] == 64 * MIB
-    assert d["cpus"][12] == {"id": 12, "package": 1, "core_id": 0, "node": 1, "siblings": [4, 12]}
+    assert d["cpus"][12] == {"id": 12, "package": 1, "die": 0, "core_id": 0, "node": 1, "siblings": [4, 12]}
+    assert d["dies"] == 2
     assert d["notes"] == []
 
 
@@ -594,3 +595,75 @@ def test_env_var_pointing_nowhere_is_a_spec_error(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("SHMHPC_SYSFS_ROOT", str(tmp_path / "missing"))
     with pytest.raises(SpecError, match="missing"):
         read_topology()
+
+
+# -- real machines' sysfs quirks -------------------------------------------------------------------
+
+
+def test_cpulist_padded_with_nul_bytes_reads(tmp_path: Path) -> None:
+    """Seen on a 128-core ARM server: node*/cpulist ends in NUL padding."""
+    root = build_sysfs(tmp_path, cores={c: (0, c) for c in range(4)}, nodes={0: [0, 1], 1: [2, 3]})
+    node1 = root / "devices" / "system" / "node" / "node1" / "cpulist"
+    node1.write_bytes(b"2-3\n" + b"\x00" * 64)
+    topo = read_topology(root)
+    assert topo.nodes[1].cpus == (2, 3)
+
+
+def test_nodes_with_only_a_cpumap_are_read(tmp_path: Path) -> None:
+    """Older kernels and some dumps have node*/cpumap (hex mask) and no cpulist: still 4 nodes."""
+    nodes = {n: list(range(4 * n, 4 * n + 4)) for n in range(4)}
+    root = build_sysfs(tmp_path, cores={c: (0, c) for c in range(16)}, nodes=nodes)
+    for n, cpus in nodes.items():
+        d = root / "devices" / "system" / "node" / f"node{n}"
+        (d / "cpulist").unlink()
+        mask = sum(1 << c for c in cpus)
+        (d / "cpumap").write_text(f"00000000,{mask:08x}\n")
+    topo = read_topology(root)
+    assert {n: node.cpus for n, node in topo.nodes.items()} == {n: tuple(c) for n, c in nodes.items()}
+    assert any("node 3: no cpulist, CPUs read from cpumap" in note for note in topo.notes)
+
+
+def test_a_malformed_cpumap_names_the_file(tmp_path: Path) -> None:
+    root = build_sysfs(tmp_path, cores={0: (0, 0)}, nodes={0: [0]})
+    d = root / "devices" / "system" / "node" / "node0"
+    (d / "cpulist").unlink()
+    (d / "cpumap").write_text("zz\n")
+    with pytest.raises(SpecError, match=r"node0/cpumap: 'zz' is not a hex CPU mask"):
+        read_topology(root)
+
+
+def test_without_cpu_online_each_cpu_says_whether_it_is_online(tmp_path: Path) -> None:
+    root = build_sysfs(tmp_path, cores={c: (0, c) for c in range(4)}, nodes={0: [0, 1, 2, 3]}, online=[0, 1, 2])
+    (root / "devices" / "system" / "cpu" / "online").unlink()
+    topo = read_topology(root)
+    assert topo.online == (0, 1, 2), "cpu3/online says 0"
+    assert any("unless its own cpuN/online says 0" in n for n in topo.notes)
+
+
+@pytest.mark.parametrize("smt", [False, True])
+def test_multi_die_packages_where_core_id_restarts_keep_their_cores(tmp_path: Path, smt: bool) -> None:
+    """One package, 2 dies × 4 cores, core_id 0-3 in each die (multi-die Intel/AMD parts).
+
+    (package, core_id) alone would merge die 0's core k with die 1's core k into one "SMT pair";
+    the kernel's core siblings lists say which CPUs really share a core.
+    """
+    n_cores = 8
+    threads = 2 if smt else 1
+    cores = {c: (0, (c % n_cores) % 4) for c in range(n_cores * threads)}  # core_id restarts per die
+    root = build_sysfs(tmp_path, cores=cores, nodes={0: list(cores)})
+    for c in cores:
+        t = root / "devices" / "system" / "cpu" / f"cpu{c}" / "topology"
+        core = c % n_cores
+        siblings = [core, core + n_cores] if smt else [core]
+        text = ",".join(map(str, siblings)) + "\n"
+        (t / "thread_siblings_list").write_text(text)
+        (t / "core_cpus_list").write_text(text)
+        (t / "die_id").write_text(f"{core // 4}\n")
+    topo = read_topology(root)
+    assert len({cpu.core for cpu in topo.cpus.values()}) == n_cores
+    assert topo.cpus[0].siblings == ((0, 8) if smt else (0,))
+    assert topo.cpus[4].siblings == ((4, 12) if smt else (4,)), "die 1's core 0 is not die 0's core 0"
+    assert len(topo.usable_cores()) == n_cores
+    d = topo.to_dict()
+    assert d["dies"] == 2 and d["physical_cores"] == n_cores
+    assert any("core_id repeats across its dies (0, 1)" in n for n in topo.notes)
