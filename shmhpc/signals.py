@@ -1,7 +1,10 @@
 """Stop signals for the launcher: record them, act between units of work, restore handlers after.
 
-SIGINT (Ctrl-C), SIGTERM (``scancel``, the batch system) and SIGUSR1 (Slurm's usual
-``--signal`` warning before the time limit) all mean "stop soon, keep what finished".
+SIGINT (Ctrl-C), SIGTERM (``scancel``, the batch system), SIGUSR1 (Slurm's usual ``--signal``
+warning before the time limit), SIGHUP (a closed terminal or a dropped SSH session), and the other
+signals whose default action would kill the launcher without a report and leave its segment behind
+(SIGQUIT, SIGUSR2, SIGXCPU from a CPU-time limit, SIGPWR) all mean "stop soon, keep what finished".
+SIGALRM, SIGPROF and SIGVTALRM are left to timers and profilers; SIGPIPE is already ignored by Python.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from .errors import RunInterrupted
 
 __all__ = ["STOP_SIGNALS", "StopSignals", "blocked"]
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP", "SIGQUIT", "SIGUSR2", "SIGXCPU", "SIGPWR")
+    if hasattr(signal, name)
+)
 
 
 class StopSignals:

@@ -16,6 +16,8 @@ import psutil
 import pytest
 from conftest import TWO, load_json, our_segments, run_cli, small_spec, start_cli
 
+from shmhpc.signals import STOP_SIGNALS
+
 SHM = Path("/dev/shm")
 
 
@@ -103,7 +105,7 @@ def test_worker_sigkilled_from_outside_mid_run(tmp_path, no_leak):
 # -- signals to the launcher ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_signal_stops_between_repeats_and_reports_what_finished(sig, tmp_path, no_leak):
     spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=100, chunks_per_worker=1)
     proc = _start(spec)
