@@ -21,7 +21,14 @@ from dataclasses import asdict, dataclass
 
 from .cpulist import format_cpulist
 
-__all__ = ["SlurmAllocation", "job_cpus_on_node", "slurm_allocation", "slurm_job_label", "step_cpu_problem"]
+__all__ = [
+    "SlurmAllocation",
+    "cpu_bind_type",
+    "job_cpus_on_node",
+    "slurm_allocation",
+    "slurm_job_label",
+    "step_cpu_problem",
+]
 
 OUTSIDE_SLURM_LABEL = "local"  # what {slurm_job} becomes outside a Slurm job
 
@@ -77,6 +84,11 @@ class SlurmAllocation:
         return d
 
 
+def cpu_bind_type(cpu_bind: Mapping[str, str] | None) -> str:
+    """How srun bound the task, from its ``SLURM_CPU_BIND_TYPE`` (``"mask_cpu:"`` → ``mask_cpu``), or ``""``."""
+    return str((cpu_bind or {}).get("SLURM_CPU_BIND_TYPE") or "").rstrip(":,")
+
+
 def slurm_allocation(env: Mapping[str, str] | None = None) -> SlurmAllocation | None:
     """The Slurm job of this process, or None outside Slurm (no numeric ``SLURM_JOB_ID``)."""
     env = os.environ if env is None else env
@@ -118,7 +130,7 @@ def step_cpu_problem(alloc: SlurmAllocation, usable: tuple[int, ...] | list[int]
         return None
     what = f"{needed} CPUs the plan pins" if needed is not None else f"the {want} CPUs it holds on this node"
     msg = f"slurm: job {alloc.label} needs {what}, but this process may only run on {have} ({format_cpulist(usable)})"
-    bind = (alloc.cpu_bind.get("SLURM_CPU_BIND_TYPE", "") or alloc.cpu_bind.get("SLURM_CPU_BIND", "")).rstrip(":,")
+    bind = cpu_bind_type(alloc.cpu_bind) or alloc.cpu_bind.get("SLURM_CPU_BIND", "").rstrip(":,")
     fix = "start it with `srun --cpu-bind=none -c $SLURM_CPUS_PER_TASK …` (as the templates in slurm/ do)"
     if on_node is not None and needed is not None and on_node < needed:
         return (

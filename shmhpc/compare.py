@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .allocation import cpu_bind_type
 from .cpulist import format_cpulist
 from .errors import SpecError
 from .report import as_run_report
@@ -74,7 +75,7 @@ def _allocation_text(slurm: Slurm | None) -> str:
     """``slurm, 2 CPUs per task, cpu-bind none`` for a run inside a Slurm job, ``-`` outside."""
     if slurm is None:
         return "-"
-    bind = str((slurm.cpu_bind or {}).get("SLURM_CPU_BIND_TYPE") or "").rstrip(":,") or "-"
+    bind = cpu_bind_type(slurm.cpu_bind) or "-"
     return f"slurm, {slurm.cpus_per_task or '?'} CPUs per task, cpu-bind {bind}"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import __version__
+from .allocation import cpu_bind_type
 from .cpulist import format_cpulist
 from .errors import SpecError
 from .report_model import RunReport, describe_validation_error
@@ -227,7 +228,7 @@ def summarize(report: dict) -> str:
         lines[0] += f" — {report['error']}"
     sl = report.get("slurm")
     if isinstance(sl, dict) and sl.get("label"):
-        bind = (sl.get("cpu_bind") or {}).get("SLURM_CPU_BIND_TYPE", "").rstrip(":,")
+        bind = cpu_bind_type(sl.get("cpu_bind"))
         lines.append(
             f"  slurm: job {sl['label']} on {sl.get('nodelist') or '?'}, {sl.get('cpus_per_task') or '?'} CPUs per task"
             + (f", step {sl['step_id']}" if sl.get("step_id") is not None else "")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -209,23 +210,21 @@ def _parse_size(text: str | None) -> int | None:
 
 def _read_cpulist(path: Path) -> list[int] | None:
     """A CPU-list file, ``None`` when absent; a malformed one is a ``SpecError`` naming the file."""
+    return _read_cpu_file(path, parse_cpulist)
+
+
+def _read_cpumask(path: Path) -> list[int] | None:
+    """A hex CPU-mask file (``cpumap``), ``None`` when absent; a malformed one is a ``SpecError``."""
+    return _read_cpu_file(path, parse_cpumask)
+
+
+def _read_cpu_file(path: Path, parse: Callable[[str], list[int]]) -> list[int] | None:
     text = read_text(path)
     if text is None:
         return None
     try:
         # Some kernels pad the file with NUL bytes after the list (seen on a 128-core ARM server).
-        return parse_cpulist(text.strip("\x00 \t\n"))
-    except ValueError as e:
-        raise SpecError(f"sysfs: {path}: {e}") from None
-
-
-def _read_cpumask(path: Path) -> list[int] | None:
-    """A hex CPU-mask file (``cpumap``), ``None`` when absent; a malformed one is a ``SpecError``."""
-    text = read_text(path)
-    if text is None:
-        return None
-    try:
-        return parse_cpumask(text.strip("\x00 \t\n"))
+        return parse(text.strip("\x00 \t\n"))
     except ValueError as e:
         raise SpecError(f"sysfs: {path}: {e}") from None
 
