@@ -10,15 +10,32 @@ Names are ``shmhpc-u<uid>-p<pid>-j<slurm job or 0>-<16 hex chars>``: the owner
 is recognisable (so a sweep of dead owners' leftovers is safe on a shared
 node), and the random part makes the name unguessable. Files are created with
 ``O_EXCL`` and mode 0600, so no other user can open or pre-create them.
+
+Liveness does not rest on the pid in the name. The launcher takes ``flock(LOCK_SH)``
+on its segment right after creating it (before sizing it) and holds it until it has
+unlinked it; the kernel drops the lock when the launcher dies, however it dies. A
+launcher in another PID namespace (a container sharing ``/dev/shm``) has a pid the
+sweep cannot see, or one that names an unrelated process here, but ``flock`` works on
+the same tmpfs file across namespaces. So the sweep (``check_segments``) tries
+``LOCK_EX|LOCK_NB``: held by anyone means in use, whatever the pid says. A free lock
+makes a segment stale only if its owner pid is not running here (or now belongs to a
+process started after the segment); it is left alone, and listed, when that pid is
+running (a launcher of an older shmhpc, which took no lock) or when the segment is
+empty and less than ``CREATING_GRACE_S`` old (its creator may be between ``open`` and
+``flock``). A forked child inherits the locked descriptor and keeps the segment in
+use while it lives, which is right: it still maps it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import re
 import secrets
+import stat
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +48,9 @@ __all__ = [
     "segment_name",
     "parse_segment_name",
     "PREFIX",
+    "SegmentCheck",
     "StaleSegment",
+    "check_segments",
     "find_stale",
     "remove_stale",
 ]
@@ -42,6 +61,8 @@ _NAME_RE = re.compile(r"^shmhpc-u(\d+)-p(\d+)-j(\d+)-([0-9a-f]{16})$")
 # report failure as an error instead of a later SIGBUS (madvise(2)).
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 PAGE = mmap.PAGESIZE
+# An empty segment nobody has locked yet is left alone this long: its creator may be between open and flock.
+CREATING_GRACE_S = 10.0
 
 
 def default_shm_dir() -> str:
@@ -83,9 +104,11 @@ class Segment:
         self.path = path
         self.size = size
         self.owner = owner
-        self._fd = fd
         self._map: mmap.mmap | None = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        os.close(fd)
+        # The owner keeps its descriptor, and with it the liveness lock, until ``unlink``.
+        self._lock_fd = fd if owner else -1
+        if not owner:
+            os.close(fd)
         # Ask for 2 MiB pages where tmpfs allows them (shmem_enabled=advise/within_size/always):
         # far fewer page faults on first touch (4 KiB pages make it fault-bound, ~1 GB/s) and fewer
         # TLB misses when streaming; unmapping a large segment is much cheaper too.
@@ -94,7 +117,6 @@ class Segment:
                 self._map.madvise(mmap.MADV_HUGEPAGE)
             except OSError:
                 pass
-        self._fd = -1
         self._unlinked = False
 
     @classmethod
@@ -110,6 +132,13 @@ class Segment:
         except OSError as exc:
             raise RunError(f"cannot create shared segment in {d}: {exc.strerror}") from None
         try:
+            # The liveness lock, held until unlink (the sweep spares an empty unlocked segment for a while).
+            # A filesystem without flock (an odd $SHMHPC_SHM_DIR) still runs; its sweep cannot test locks.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
             # ftruncate reserves nothing on tmpfs: pages are allocated on first touch.
             os.ftruncate(fd, size_bytes)
             return cls(name, path, size_bytes, fd, owner=True)
@@ -221,6 +250,9 @@ class Segment:
         if not self._unlinked:
             _unlink_quietly(self.path)
             self._unlinked = True
+        if self._lock_fd >= 0:  # only now: a sweep must never find the name without the lock
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def __enter__(self) -> Segment:
         return self
@@ -242,13 +274,19 @@ def _unlink_quietly(path: str) -> None:
 
 
 @dataclass(frozen=True)
-class StaleSegment:
+class SegmentCheck:
+    """One segment of ours as the sweep judged it: ``stale`` (safe to remove) or left alone, and why."""
+
     name: str
     path: str
     size_bytes: int
     owner_pid: int
     slurm_job: int
     reason: str
+    stale: bool = True
+
+
+StaleSegment = SegmentCheck  # the name find_stale's callers know
 
 
 def _owner_is_gone(pid: int, created: float) -> str | None:
@@ -259,7 +297,7 @@ def _owner_is_gone(pid: int, created: float) -> str | None:
         proc = psutil.Process(pid)
         started = proc.create_time()
     except psutil.NoSuchProcess:
-        return f"owner pid {pid} is not running"
+        return f"owner pid {pid} is not running here"
     except psutil.Error:
         return None  # cannot tell (another user's process): leave it alone
     # A live process with that pid that started after the segment was made is a reused pid.
@@ -268,11 +306,28 @@ def _owner_is_gone(pid: int, created: float) -> str | None:
     return None
 
 
-def find_stale(shm_dir: str | None = None) -> list[StaleSegment]:
-    """Segments of ours (this uid) whose launcher is dead. Never another user's, never a live run's."""
+def _judge(fd: int, pid: int, st: os.stat_result) -> tuple[bool, str]:
+    """(stale, why) for the segment open on ``fd``; see the module docstring."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the caller closes fd
+    except BlockingIOError:
+        return False, "in use: a process holds its lock"
+    except OSError as exc:
+        return False, f"cannot test its lock: {exc.strerror}"
+    age = time.time() - st.st_ctime
+    if st.st_size == 0 and age < CREATING_GRACE_S:
+        return False, f"empty, not locked yet and only {age:.0f} s old: owner pid {pid} may still be creating it"
+    gone = _owner_is_gone(pid, st.st_ctime)
+    if gone:
+        return True, f"{gone} and nobody holds its lock"
+    return False, f"nobody holds its lock but owner pid {pid} is running (a launcher of an older shmhpc?)"
+
+
+def check_segments(shm_dir: str | None = None) -> list[SegmentCheck]:
+    """Judge every segment of ours (this uid): stale, or left alone with the reason. Never another user's."""
     d = shm_dir or default_shm_dir()
     uid = os.getuid()
-    out: list[StaleSegment] = []
+    out: list[SegmentCheck] = []
     try:
         names = sorted(os.listdir(d))
     except OSError:
@@ -283,15 +338,25 @@ def find_stale(shm_dir: str | None = None) -> list[StaleSegment]:
             continue
         path = os.path.join(d, name)
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if st.st_uid != uid or not os.path.isfile(path) or os.path.islink(path):
-            continue
-        reason = _owner_is_gone(owner.pid, st.st_ctime)
-        if reason:
-            out.append(StaleSegment(name, path, st.st_size, owner.pid, owner.slurm_job, reason))
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or not ours to open (another user's 0600 file): never touched
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != uid or not stat.S_ISREG(st.st_mode):
+                continue
+            stale, reason = _judge(fd, owner.pid, st)
+        finally:
+            os.close(fd)
+        out.append(SegmentCheck(name, path, st.st_size, owner.pid, owner.slurm_job, reason, stale))
     return out
+
+
+def find_stale(shm_dir: str | None = None) -> list[StaleSegment]:
+    """Segments of ours (this uid) whose launcher is dead. Never another user's, never a live run's."""
+    return [c for c in check_segments(shm_dir) if c.stale]
 
 
 def remove_stale(stale: list[StaleSegment]) -> list[StaleSegment]:

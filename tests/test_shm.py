@@ -103,3 +103,45 @@ def test_reserve_falls_back_to_fallocate(no_leak, monkeypatch):
         monkeypatch.setattr(seg, "populate", lambda offset, length: False)
         assert seg.reserve(0, 1 << 20) == "posix_fallocate"
         assert os.stat(seg.path).st_blocks * 512 >= 1 << 20
+
+
+def test_owner_holds_the_liveness_lock_until_unlink(no_leak):
+    """The launcher's lock is what the sweep tests: held from create until the name is gone; attach takes none."""
+    import fcntl
+
+    from shmhpc.shm import check_segments
+
+    with Segment.create(4096) as seg:
+        other = Segment.attach(seg.name, 4096)
+        other.close()
+        probe = os.open(seg.path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+        [check] = [c for c in check_segments() if c.name == seg.name]
+        assert not check.stale and "in use" in check.reason
+    assert seg._lock_fd == -1, "unlink released the lock"
+
+
+def test_a_sigkilled_creators_segment_is_stale(tmp_path):
+    """The kernel drops the lock of a process killed with SIGKILL: its segment is found stale and removed."""
+    from shmhpc.shm import check_segments, remove_stale
+
+    code = (
+        "import sys\nfrom shmhpc.shm import Segment\nprint(Segment.create(4096).name, flush=True)\nsys.stdin.read()\n"
+    )
+    env = {**os.environ, "SHMHPC_SHM_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        name = proc.stdout.readline().decode().strip()
+        [live] = check_segments(str(tmp_path))
+        assert live.name == name and not live.stale
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    [dead] = check_segments(str(tmp_path))
+    assert dead.stale and f"owner pid {proc.pid} is not running here" in dead.reason
+    assert remove_stale([dead]) == [dead] and not (tmp_path / name).exists()
