@@ -59,24 +59,30 @@ def _load(args: argparse.Namespace, path: str) -> JobSpec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .outputs import STDOUT
     from .progress import make_progress
-    from .report import summarize
+    from .report import report_json, summarize
     from .runner import run_job
 
     spec = _load(args, args.spec)
     topo = _read_topology(args)
+    to_stdout = args.report == STDOUT  # the report is the output; the summary goes to stderr
     report = run_job(
         spec,
         topo,
         spec_dir=Path(args.spec).resolve().parent,
-        report_path=args.report,
+        report_path=None if to_stdout else args.report,
         progress=make_progress(args.quiet),
         force=args.force,
+        write=not to_stdout,
     )
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True, default=str))
-    else:
-        print(summarize(report))
+    if args.json or to_stdout:
+        print(report_json(report), end="")
+    if not args.json:
+        print(summarize(report, with_error=False), file=sys.stderr if to_stdout else sys.stdout)
+    if report.get("report_error") and not (args.json or to_stdout):
+        # Last resort: the numbers are not lost, they are here.
+        print(f"the report could not be saved; here it is:\n{report_json(report)}", file=sys.stderr, end="")
     if report["status"] != "ok":
         for msg in report.get("errors") or [report.get("error")]:
             print(f"error: {msg}", file=sys.stderr)
@@ -156,20 +162,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .shm import default_shm_dir, find_stale, remove_stale
+    from .shm import SegmentCheck, check_segments, default_shm_dir, remove_stale
 
     shm_dir = args.shm_dir or default_shm_dir()
-    stale = find_stale(shm_dir)
+    checks = check_segments(shm_dir)
+    stale = [s for s in checks if s.stale]
+
+    def size(s: SegmentCheck) -> str:
+        return f"{s.size_bytes / 1e6:,.1f} MB" + (f", Slurm job {s.slurm_job}" if s.slurm_job else "")
+
     if not stale:
         print(f"no stale shmhpc segments of yours in {shm_dir}")
-        return 0
-    done = stale if args.dry_run else remove_stale(stale)
-    verb = "would remove" if args.dry_run else "removed"
-    for s in done:
-        job = f", Slurm job {s.slurm_job}" if s.slurm_job else ""
-        print(f"{verb} {s.path} ({s.size_bytes / 1e6:,.1f} MB{job}): {s.reason}")
-    total = sum(s.size_bytes for s in done)
-    print(f"{verb} {len(done)} segment{'s' * (len(done) != 1)}, {total / 1e6:,.1f} MB")
+    else:
+        done = stale if args.dry_run else remove_stale(stale)
+        verb = "would remove" if args.dry_run else "removed"
+        for s in done:
+            print(f"{verb} {s.path} ({size(s)}): {s.reason}")
+        total = sum(s.size_bytes for s in done)
+        print(f"{verb} {len(done)} segment{'s' * (len(done) != 1)}, {total / 1e6:,.1f} MB")
+    for s in checks:
+        if not s.stale:
+            print(f"left alone: {s.path} ({size(s)}): {s.reason}")
     return 0
 
 
@@ -192,9 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("run", help="run a job spec and write its JSON report")
+    p = sub.add_parser(
+        "run",
+        help="run a job spec and write its JSON report",
+        description="Put the spec's array in shared memory, reduce it in pinned workers (warmup, then the timed "
+        "repeats), verify the result and write the JSON report. Exit 0 ok, 1 the run failed, 2 bad input.",
+    )
     p.add_argument("spec", help="YAML job spec")
-    p.add_argument("--report", metavar="PATH", help="report path (overrides the spec's report:)")
+    p.add_argument(
+        "--report",
+        metavar="PATH",
+        help="report path (overrides the spec's report:); '-' prints the report on stdout and the summary on stderr",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. workers=4")
     p.add_argument("--json", action="store_true", help="print the whole report instead of the summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -202,20 +224,35 @@ def build_parser() -> argparse.ArgumentParser:
     _topology_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("plan", help="print where each worker will run; runs nothing")
-    p.add_argument("spec")
+    p = sub.add_parser(
+        "plan",
+        help="print where each worker will run; runs nothing",
+        description="Validate a job spec against this machine (or the one --sysfs-root/--allowed-cpus describe) "
+        "and print each worker's CPUs, NUMA node, rows and chunks. Nothing is allocated or run.",
+    )
+    p.add_argument("spec", help="YAML job spec")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field")
     p.add_argument("--json", action="store_true", help="machine-readable plan")
     _topology_args(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("topology", help="what this machine looks like to shmhpc")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "topology",
+        help="what this machine looks like to shmhpc",
+        description="Print the CPUs, cores, packages, NUMA nodes and caches shmhpc sees, and which CPUs it may "
+        "use here (affinity, cgroup cpuset and quota).",
+    )
+    p.add_argument("--json", action="store_true", help="the whole topology as JSON")
     _topology_args(p)
     p.set_defaults(func=cmd_topology)
 
-    p = sub.add_parser("validate", help="check job specs (and their placement on this machine); list every error")
-    p.add_argument("specs", nargs="+")
+    p = sub.add_parser(
+        "validate",
+        help="check job specs (and their placement on this machine); list every error",
+        description="Check each job spec and print 'SPEC: ok' or one 'error: SPEC: field: …' line per problem; "
+        "exit 2 if any spec has one. Unless --schema-only, also plan each spec on this machine.",
+    )
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="YAML job specs")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field")
     p.add_argument("--schema-only", action="store_true", help="check the specs alone, not against this machine")
     _topology_args(p)
@@ -232,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shm-dir", metavar="DIR", help="shared-memory directory (default /dev/shm or $SHMHPC_SHM_DIR)")
     p.set_defaults(func=cmd_clean)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of job specs (or of run reports)")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of job specs (or of run reports)",
+        description="Print the JSON Schema (draft 2020-12) of job specs, for editors and CI linting; with "
+        "--report, that of the JSON reports runs write.",
+    )
     p.add_argument("--report", action="store_true", help="the schema of a run's JSON report instead")
     p.set_defaults(func=cmd_schema)
     from .cli_reports import add_report_commands

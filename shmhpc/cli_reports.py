@@ -8,6 +8,7 @@ writes one normal report per combination plus a summary. Errors are raised as
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         topology=_read_topology(args),
     )
     print(text_summary(summary))
+    if summary.get("save_error"):
+        print(f"error: {summary['save_error']}; the summary follows:", file=sys.stderr)
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str), file=sys.stderr)
+        return code
     print(f"summary: {Path(summary['out']) / 'sweep.json'}, {Path(summary['out']) / 'sweep.md'}")
     if summary["status"] == "interrupted":
         print("error: sweep interrupted; finished reports and the summary are kept", file=sys.stderr)
@@ -95,21 +100,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_scaling, plot_timeline, require_matplotlib
+    from .plot import check_image_output, plot_scaling, plot_timeline, require_matplotlib
 
     require_matplotlib()  # fail on a missing matplotlib before reading anything
     reports = _load_all(collect_report_paths(args.reports))
     kind = args.kind
     if kind == "auto":
         kind = "timeline" if len(reports) == 1 else "scaling"
+    # Every image's place is checked before anything is drawn.
+    scaling = check_image_output(args.output) if kind in ("scaling", "both") else None
+    timeline = (
+        check_image_output(args.output if kind == "timeline" else _suffixed(args.output, "-timeline"))
+        if kind in ("timeline", "both")
+        else None
+    )
     notes: list[str] = []
-    if kind in ("scaling", "both"):
-        notes += plot_scaling(reports, args.output, force=args.force)
-        print(f"wrote {args.output} (GB/s against workers, {len(reports)} reports)")
-    if kind in ("timeline", "both"):
-        out = args.output if kind == "timeline" else _suffixed(args.output, "-timeline")
-        notes += plot_timeline(reports, out, force=args.force)
-        print(f"wrote {out} (per-worker timeline, {len(reports)} report{'s' * (len(reports) != 1)})")
+    if scaling is not None:
+        notes += plot_scaling(reports, scaling, force=args.force)
+        print(f"wrote {scaling.path} (GB/s against workers, {len(reports)} reports)")
+    if timeline is not None:
+        notes += plot_timeline(reports, timeline, force=args.force)
+        print(f"wrote {timeline.path} (per-worker timeline, {len(reports)} report{'s' * (len(reports) != 1)})")
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     return 0
@@ -129,8 +140,9 @@ def add_report_commands(sub: Any) -> None:
         help="compare reports: is the difference real, what differed, where workers ran",
         description="The first report is the reference. Each metric is shown as "
         "'[ref] X ± s -> [run] Y ± s: 1.33x faster' with Welch's t-test (two-sided, alpha 0.05) on the "
-        "per-repeat values. Reports from different hosts, CPU models, data or kernels, or whose status is "
-        "not ok, are refused unless --force.",
+        "per-repeat values. Reports from different hosts, CPU models, data or kernels, one run given twice, "
+        "or reports whose status is not ok, are refused unless --force; timings that are not positive numbers "
+        "are refused even then.",
     )
     p.add_argument(
         "reports",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
@@ -35,8 +34,24 @@ _RESOURCE_FLAGS = (
 )
 
 
+# Numeric flags are read as a --set value is (30, 1e3): out-of-range or absurd numbers get the spec's messages.
+_NUMBER_FLAGS = ("nodes", "cpus_per_task", "signal_lead_s", "array_throttle")
+
+
+def _flag_value(flag: str, text: str) -> Any:
+    if flag not in _NUMBER_FLAGS:
+        return text
+    from .spec import NumberText, parse_value
+
+    value = parse_value(text, f"--{flag.replace('_', '-')}")
+    # Anything but a number stays the text typed, for the spec's message to quote.
+    return value if isinstance(value, (int, float, NumberText)) and not isinstance(value, bool) else text
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = {f"slurm.{k}": getattr(args, k) for k in _RESOURCE_FLAGS if getattr(args, k) is not None}
+    values: dict[str, Any] = {
+        f"slurm.{k}": _flag_value(k, getattr(args, k)) for k in _RESOURCE_FLAGS if getattr(args, k) is not None
+    }
     for flag in ("exclusive", "nomultithread"):
         if getattr(args, flag):
             values[f"slurm.{flag}"] = True
@@ -73,12 +88,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     for note in rendered.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.output_dir:
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for s in rendered.scripts:
-            path = out / f"{rendered.name}-{s.template}.sbatch"
-            path.write_text(s.text)
-            print(f"wrote {path}")
+        from .outputs import check_output, write_text
+
+        out = check_output(args.output_dir, what="--output-dir", folder=True)
+        assert out.path is not None
+        # A re-render replaces the scripts of an earlier one (regular files only, as everywhere).
+        targets = [
+            check_output(out.path / f"{rendered.name}-{s.template}.sbatch", what="--output-dir", overwrite=True)
+            for s in rendered.scripts
+        ]
+        for s, target in zip(rendered.scripts, targets):
+            print(f"wrote {write_text(target, s.text)}")
         return 0
     for i, s in enumerate(rendered.scripts):
         if len(rendered.scripts) > 1:
@@ -163,18 +183,24 @@ def add_slurm_commands(sub: Any) -> None:
             "spec's pinning)",
         )
         g = v.add_argument_group("resources (override the spec's slurm: section)")
-        g.add_argument("--time", help="time limit: minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S")
-        g.add_argument("--partition")
-        g.add_argument("--account")
-        g.add_argument("--qos")
-        g.add_argument("--nodes", type=int)
-        g.add_argument("--mem", help="memory per node, e.g. 8G")
-        g.add_argument("--cpus-per-task", type=int, metavar="N", help="default: the CPUs the plan pins")
-        g.add_argument("--signal-lead-s", type=int, metavar="S", help="USR1 this many seconds before the limit")
-        g.add_argument("--exclusive", action="store_true", help="whole nodes")
-        g.add_argument("--nomultithread", action="store_true", help="--hint=nomultithread")
-        g.add_argument("--job-name")
-        g.add_argument("--array-throttle", type=int, metavar="N", help="compare-array: at most N tasks at once")
+        g.add_argument("--time", help="time limit: minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S or UNLIMITED")
+        g.add_argument("--partition", help="partition to run in (default: the cluster's default partition)")
+        g.add_argument("--account", help="account to charge")
+        g.add_argument("--qos", help="quality of service")
+        g.add_argument("--nodes", metavar="N", help="nodes (1 unless --template multinode)")
+        g.add_argument("--mem", help="memory per node: MB, or a number with K, M, G or T (e.g. 8G)")
+        g.add_argument(
+            "--cpus-per-task", metavar="N", help="CPUs of the one task per node (default: those the plan pins)"
+        )
+        g.add_argument(
+            "--signal-lead-s", metavar="S", help="send USR1 this many seconds before the time limit (0: none)"
+        )
+        g.add_argument("--exclusive", action="store_true", help="ask for whole nodes (--exclusive)")
+        g.add_argument(
+            "--nomultithread", action="store_true", help="one hardware thread per core (--hint=nomultithread)"
+        )
+        g.add_argument("--job-name", help="job name (default: the spec's name)")
+        g.add_argument("--array-throttle", metavar="N", help="compare-array: at most N tasks at once")
         g.add_argument("--log-dir", metavar="DIR", help="where job logs go (default: the submit directory)")
         g.add_argument(
             "--extra", action="append", metavar="OPTION", help="another #SBATCH option, written --extra=--constraint=x"

@@ -10,13 +10,15 @@ the raw per-repeat values, computed by hand in :mod:`shmhpc.significance` (no sc
 ratio ("1.33x faster") is that of the medians; for times lower is better, for GB/s higher.
 Single-value metrics (the cold end-to-end time, the load time) get no test.
 
-Timings from different hosts, CPU models, data or kernels say nothing about pinning: such
-reports are refused unless ``force`` (then every reason becomes a warning).
+Timings from different hosts, CPU models, data or kernels say nothing about pinning, and a run
+compared with itself says nothing at all: such reports are refused unless ``force`` (then every
+reason becomes a warning). Timings that are not positive numbers are refused even with ``force``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,8 @@ __all__ = [
     "Comparison",
     "compare_reports",
     "run_settings",
+    "broken_timings",
+    "same_runs",
     "refusals",
     "make_labels",
     "render_text",
@@ -182,6 +186,53 @@ _INVARIANTS: tuple[tuple[str, Callable[[RunReport], Any], str, str], ...] = (
     ),
     ("job.kernel", lambda r: r.job.kernel, "kernels", "a different kernel is a different computation"),
 )
+
+
+def broken_timings(reports: Reports) -> list[str]:
+    """Timings that cannot be compared, even with ``force``: one line per report, naming the file and field.
+
+    Every time and bandwidth must be a positive finite number (the report model refuses null and
+    non-finite ones as it reads); a run that finished ``ok`` must have its repeat times.
+    """
+    out = []
+    why = "its timings cannot be compared, not even with --force"
+    for src, r in _checked(reports):
+        t, bw = r.timings or Timings(), r.bandwidth
+        fields: list[tuple[str, float | None]] = [
+            *((f"timings.repeat_s[{i}]", x) for i, x in enumerate(t.repeat_s or [])),
+            ("timings.total_s", t.total_s),
+            ("timings.load_s", t.load_s),
+            *((f"bandwidth.gbps_per_repeat[{i}]", x) for i, x in enumerate((bw and bw.gbps_per_repeat) or [])),
+        ]
+        bad = next(((k, x) for k, x in fields if x is not None and not (math.isfinite(x) and x > 0)), None)
+        if bad is not None:
+            out.append(f"{src}: broken report: {bad[0]} is {bad[1]!r}, not a positive number; {why}")
+        elif r.status == "ok" and not t.repeat_s:
+            what = "empty" if t.repeat_s is not None else "missing"
+            out.append(f"{src}: broken report: status 'ok' but timings.repeat_s is {what}; {why}")
+    return out
+
+
+def same_runs(reports: Reports) -> list[str]:
+    """Reports that are one run given twice: the same file, a copy, or the same run's shared-memory segment.
+
+    A segment's name holds the launcher's pid and a random token, so it names one run on its host.
+    """
+    out = []
+    seen: dict[Any, str] = {}
+    for src, r in _checked(reports):
+        seg = r.segment.name if r.segment else None
+        key = (
+            ("segment", r.host.hostname, seg)
+            if seg
+            else ("content", json.dumps(r.model_dump(), sort_keys=True, default=str))
+        )
+        if key in seen:
+            how = f"segment {seg} on {r.host.hostname}" if seg else "identical content"
+            out.append(f"{seen[key]} and {src} are the same run ({how}); a run compared with itself says nothing")
+        else:
+            seen[key] = src
+    return out
 
 
 def refusals(reports: Reports) -> list[str]:
@@ -396,10 +447,15 @@ def compare_reports(reports: Reports, *, labels: list[str] | None = None, force:
     if len(reports) < 2:
         raise SpecError("compare: needs at least two reports (the first is the reference)")
     checked = _checked(reports)
+    broken = broken_timings(checked)
+    if broken:
+        raise SpecError(broken)
     settings = [run_settings(r, src) for src, r in checked]
     values = [_metric_values(r) for _, r in checked]
     placements = [_placement(r) for _, r in checked]
-    why_not = refusals(checked)
+    why_not = same_runs(checked) + refusals(checked)
+    if len(why_not) == 1 and not force:
+        raise SpecError(f"compare: {why_not[0]}; add --force to compare anyway")
     if why_not and not force:
         raise SpecError(
             [f"compare: {m}" for m in why_not]

@@ -25,6 +25,7 @@ from typing import Any
 from .compare import LABEL_KEYS, Reports, make_labels, refusals, run_settings
 from .cpulist import format_cpulist
 from .errors import SpecError
+from .outputs import Output, check_output, write_with
 from .report import as_run_report
 from .report_model import Data, RunReport
 
@@ -77,17 +78,24 @@ def _repeat_s(r: RunReport) -> list[float]:
     return list((r.timings.repeat_s if r.timings else None) or [])
 
 
-def _save(fig: Any, out: str | Path) -> Path:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=120)
-    except ValueError as exc:  # an unknown extension: "Format 'xyz' is not supported"
-        raise SpecError(f"-o {out}: {exc}; use .png, .svg or .pdf") from None
-    return path
+def check_image_output(out: str | Path) -> Output:
+    """``-o``: checked before anything is drawn; its folder must exist; an older image is replaced."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(out).suffix.lstrip(".").lower()
+    if fmt not in FigureCanvasBase.get_supported_filetypes():
+        raise SpecError(f"-o: {str(out)!r}: format {fmt or '(none)'!r} is not supported; use .png, .svg or .pdf")
+    return check_output(out, what="-o", overwrite=True)
 
 
-def plot_scaling(reports: Reports, out: str | Path, *, force: bool = False) -> list[str]:
+def _save(fig: Any, out: str | Path | Output) -> Path:
+    target = out if isinstance(out, Output) else check_image_output(out)
+    assert target.path is not None
+    fmt = target.path.suffix.lstrip(".").lower()
+    return write_with(target, lambda f: fig.savefig(f, format=fmt, dpi=120))
+
+
+def plot_scaling(reports: Reports, out: str | Path | Output, *, force: bool = False) -> list[str]:
     """GB/s against workers, one line per pinning policy; returns notes about reports left out."""
     figure = require_matplotlib()
     notes: list[str] = []
@@ -143,7 +151,7 @@ def plot_scaling(reports: Reports, out: str | Path, *, force: bool = False) -> l
     return notes
 
 
-def plot_timeline(reports: Reports, out: str | Path, *, force: bool = False) -> list[str]:
+def plot_timeline(reports: Reports, out: str | Path | Output, *, force: bool = False) -> list[str]:
     """One panel per report: each worker's chunks of the last repeat as back-to-back bars."""
     figure = require_matplotlib()
     notes: list[str] = []

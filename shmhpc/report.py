@@ -12,7 +12,6 @@ import os
 import platform
 import socket
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from . import __version__
 from .allocation import cpu_bind_type
 from .cpulist import format_cpulist
 from .errors import SpecError
+from .outputs import Output, write_text
 from .report_model import RunReport, describe_validation_error
 from .tables import format_seconds
 from .threads import relevant_env
@@ -101,44 +101,14 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def write_report(report: dict, path: str | os.PathLike[str], overwrite: bool = True) -> Path:
-    """Write a report as sorted, indented JSON, atomically (see ``write_text_atomic``); returns its path."""
-    text = json.dumps(report, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n"
-    return write_text_atomic(path, text, overwrite)
+def report_json(report: dict) -> str:
+    """A report as sorted, indented JSON (numpy scalars and arrays converted)."""
+    return json.dumps(report, indent=2, sort_keys=True, default=_jsonable, allow_nan=True) + "\n"
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str, overwrite: bool = True) -> Path:
-    """Write via a temp file in the same directory + rename: a crash never leaves half a file.
-
-    With ``overwrite=False`` an existing file is never replaced (the temp file is
-    hard-linked into place, which fails if the name exists); the text then goes
-    to ``NAME.<pid>.EXT`` beside it, and that path is returned.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, p)
-        else:
-            try:
-                os.link(tmp, p)
-            except FileExistsError:  # someone wrote it while we ran: keep theirs
-                p = p.with_name(f"{p.stem}.{os.getpid()}{p.suffix}")
-                os.replace(tmp, p)
-            else:
-                os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
+def write_report(report: dict, path: str | os.PathLike[str] | Output, overwrite: bool = True) -> Path:
+    """Write a report atomically under the rules of :mod:`shmhpc.outputs`; returns its path."""
+    return write_text(path, report_json(report), overwrite)
 
 
 def read_report(path: str | os.PathLike[str]) -> RunReport:
@@ -220,11 +190,14 @@ def now_stamp(precise: bool = False) -> str:
     return f"{base}.{int(t % 1 * 1000):03d}Z" if precise else f"{base}Z"
 
 
-def summarize(report: dict) -> str:
-    """A short human summary: where workers ran, median time, GB/s, verified or not."""
+def summarize(report: dict, with_error: bool = True) -> str:
+    """A short human summary: where workers ran, median time, GB/s, verified or not.
+
+    ``with_error=False`` leaves the error out of the first line (the CLI prints it once, on stderr).
+    """
     job = report.get("job", {})
     lines = [f"{job.get('name', '?')}: {report.get('status', '?')}"]
-    if report.get("error"):
+    if report.get("error") and with_error:
         lines[0] += f" — {report['error']}"
     sl = report.get("slurm")
     if isinstance(sl, dict) and sl.get("label"):
@@ -252,10 +225,11 @@ def summarize(report: dict) -> str:
     bw = report.get("bandwidth") or {}
     if t.get("repeat_s"):
         rep = t.get("repeat", {})
+        gbps = (bw.get("gbps") or {}).get("median")
         lines.append(
             f"  repeat: median {format_seconds(rep.get('median'))} over {len(t['repeat_s'])} "
             f"(min {format_seconds(rep.get('min'))}), "
-            f"{(bw.get('gbps') or {}).get('median', 0) or 0:.2f} GB/s median"
+            + (f"{gbps:.2f} GB/s median" if gbps is not None else "GB/s not measured")
         )
         lines.append(
             f"  phases: pool start {format_seconds(t.get('pool_start_s'))}, load {format_seconds(t.get('load_s'))}, "
@@ -277,4 +251,6 @@ def summarize(report: dict) -> str:
         lines.append(f"  warning: {w}")
     if report.get("report_path"):
         lines.append(f"  report: {report['report_path']}")
+    elif report.get("report_error"):
+        lines.append(f"  report: NOT SAVED — {report['report_error']}")
     return "\n".join(lines)

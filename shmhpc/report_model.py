@@ -272,6 +272,7 @@ class RunReport(_Section):
     warnings: list[str] = Field(default_factory=list)
     exit_code: int | None = None
     report_path: str | None = None
+    report_error: str | None = Field(None, description="why the report could not be saved where asked")
     slurm: Slurm | None = None
     segment: Segment | None = None
     data: Data | None = None

@@ -21,6 +21,7 @@ from .allocation import slurm_allocation
 from .contention import ContentionProbe
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
 from .kernels import state_count
+from .outputs import Output, OutputError, check_output
 from .placement import Plan
 from .planning import Prepared, check_runnable_here, check_slurm_step, prepare, report_path_for
 from .progress import NullProgress
@@ -35,15 +36,15 @@ from .verify import verify
 __all__ = ["run_job"]
 
 
-def _check_report_target(path: Path, template: str, force: bool) -> None:
-    """Refuse to overwrite an earlier report unless asked (--force, or {timestamp} in the name)."""
-    if path.exists() and not force:
-        raise SpecError(
-            f"report: {str(path)!r} already exists; pass --force to overwrite it or put {{timestamp}} in report: "
-            f"(template {template!r})"
-        )
-    if path.exists() and path.is_dir():
-        raise SpecError(f"report: {str(path)!r} is a directory")
+def _check_report_target(path: Path, template: str, force: bool) -> Output:
+    """Where the report goes, checked before any work (see :mod:`shmhpc.outputs` for the rule)."""
+    return check_output(
+        path,
+        what="report",
+        overwrite=force,
+        make_parents=True,  # report: reports/{job}/{timestamp}.json names a tree on purpose
+        exists_hint=f"pass --force to overwrite it or put {{timestamp}} in report: (template {template!r})",
+    )
 
 
 def sweep_stale_segments(shm_dir: str) -> list[str]:
@@ -93,7 +94,7 @@ def run_job(
     report = _new_report(spec, topology)
     timings: dict[str, Any] = {}
     t_start = time.perf_counter()
-    path: Path | None = None
+    out: Output | None = None
     session: RunSession | None = None
     keep_existing = False
     exit_code = 0
@@ -106,7 +107,7 @@ def run_job(
             if write:
                 path = report_path_for(spec, report_path, len(prep.plan.workers), prep.plan.policy)
                 try:
-                    _check_report_target(path, report_path or spec.report, force)
+                    out = _check_report_target(path, report_path or spec.report, force)
                 except SpecError as exc:
                     raise _Refused(exc.messages) from None
             _record_plan(report, prep)
@@ -135,7 +136,7 @@ def run_job(
         timings["teardown_s"] = session.teardown_s
     _finish(report, timings, time.perf_counter() - t_start, exit_code)
     if write and not keep_existing:
-        _write(report, spec, path, report_path, force)
+        _write(report, spec, out, report_path)
     return report
 
 
@@ -282,24 +283,45 @@ def _verify(session: RunSession, value: Any, state: Any) -> dict[str, Any]:
 
 def _finish(report: dict, timings: dict, total_s: float, exit_code: int) -> None:
     timings["total_s"] = total_s
-    if "repeat_s" in timings:
+    if timings.get("repeat_s"):
         timings["repeat"] = stats(timings["repeat_s"])
+        if "bandwidth" not in report and report.get("data"):  # a run stopped after some repeats
+            report["bandwidth"] = _bandwidth(report["data"]["nbytes"], timings["repeat_s"])
     report["timings"] = timings
     report["exit_code"] = exit_code
 
 
-def _write(report: dict, spec: JobSpec, path: Path | None, report_path: str | None, force: bool) -> None:
-    """Write the report; a run that failed before planning finished still gets one, beside any earlier one."""
-    if path is None:
+def _write(report: dict, spec: JobSpec, out: Output | None, report_path: str | None) -> None:
+    """Write the report. One that cannot be saved makes the run a failure (exit 1) that says so.
+
+    A run that failed before its report target was checked still gets a report, beside any earlier one.
+    """
+    if out is None:
         path = report_path_for(spec, report_path)
-        if path.exists() and not force:
+        if path.exists():
             path = path.with_name(f"{path.stem}.failed-{os.getpid()}{path.suffix}")
-    report["report_path"] = str(path)
+        try:
+            out = check_output(path, what="report", make_parents=True)
+        except OutputError as exc:
+            return _unsaved(report, str(exc))
+    assert out.path is not None
+    report["report_path"] = str(out.path)
     try:
-        report["report_path"] = str(write_report(report, path, overwrite=force))
-    except OSError as exc:
-        report["warnings"].append(f"could not write report {path}: {exc.strerror}")
-        report["report_path"] = None
+        report["report_path"] = str(write_report(report, out))
+    except (OSError, OutputError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _unsaved(report, f"report: could not write {str(out.path)!r}: {reason}")
+
+
+def _unsaved(report: dict, why: str) -> None:
+    """The result is not on disk: a failed run, whatever it computed (the caller prints the report instead)."""
+    report["report_path"] = None
+    report["report_error"] = why
+    if report["status"] == "ok":
+        report["status"] = "failed"
+        report["error"] = why
+    if report["exit_code"] == 0:
+        report["exit_code"] = 1
 
 
 # -- report pieces ---------------------------------------------------------------------------------

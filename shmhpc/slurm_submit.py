@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RunError, SpecError
+from .outputs import check_output, write_text
 from .slurm import NodeInfo, Rendered
 
 __all__ = ["Submitted", "slurm_available", "partition_nodes", "submit"]
@@ -132,7 +133,7 @@ def submit(rendered: Rendered, *, dependency: str = "afterany") -> list[Submitte
     if dependency not in ("afterany", "afterok"):
         raise SpecError(f"--dependency: {dependency!r}; allowed: afterany, afterok")
     log_dir = Path(rendered.resources.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    check_output(log_dir, what="slurm.log_dir", folder=True)
     done: list[Submitted] = []
     first: str | None = None
     for script in rendered.scripts:
@@ -142,12 +143,10 @@ def submit(rendered: Rendered, *, dependency: str = "afterany") -> list[Submitte
         job = _sbatch(script.text, script.template, extra)
         first = first or job
         kept = log_dir / f"{rendered.name}-{script.template}-{job}.sbatch"
-        try:
-            kept.write_text(script.text)
-        except OSError as exc:
-            kept_path = f"(not kept: {exc.strerror})"
-        else:
-            kept_path = str(kept)
+        try:  # the job is submitted already: a copy that cannot be kept is only noted
+            kept_path = str(write_text(check_output(kept, what="slurm.log_dir"), script.text))
+        except (OSError, SpecError) as exc:
+            kept_path = f"(not kept: {exc.strerror if isinstance(exc, OSError) else exc})"
         array = script.template == "compare-array"
         done.append(Submitted(script.template, job, _fill_log(script.log, job, array), kept_path))
     return done

@@ -29,17 +29,19 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .cpulist import parse_cpulist
+from .cpulist import _MAX_CPU_ID, parse_cpulist
 from .errors import SpecError
 
 __all__ = [
     "DataSpec",
     "JobSpec",
     "NumaSpec",
+    "NumberText",
     "SlurmSpec",
     "apply_overrides",
     "json_schema",
     "load_spec",
+    "parse_value",
     "spec_from_dict",
 ]
 
@@ -63,6 +65,12 @@ MAX_SPEC_BYTES = 1 << 20  # a job spec is a few hundred bytes; refuse megabytes 
 # up front keeps pydantic, repr() and the override copy away from Python's recursion limit.
 MAX_DEPTH = 16
 REPORT_PLACEHOLDERS = ("name", "timestamp", "workers", "pinning", "slurm_job")
+# Upper bounds, so that every number the code goes on to use is one it can use.
+MAX_CPUS = _MAX_CPU_ID + 1  # workers, threads per worker, CPUs per task: CPU ids end at 65535
+MAX_INT32 = 2**31 - 1  # chunks, and Slurm's nodes, array throttle, minutes and MB: a C int
+MAX_INT64 = 2**63 - 1  # a file offset (off_t)
+MAX_TIMEOUT_S = 366 * 86400.0  # a year; leave timeout_s out for no timeout
+MAX_NUMBER_CHARS = 100  # a YAML number longer than this is no field's value (Python converts at most 4300 digits)
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -72,9 +80,52 @@ def policy_slug(policy: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in policy)
 
 
-PosInt = Annotated[int, Field(strict=True, gt=0)]
-NonNegInt = Annotated[int, Field(strict=True, ge=0)]
-CpuId = Annotated[int, Field(strict=True, ge=0)]
+class NumberText(str):
+    """A plain YAML scalar that is a number YAML 1.1 leaves as text (``1e6``, ``1e-9``, ``.5E3``) or that has
+    too many characters to be built (over ``MAX_NUMBER_CHARS``).
+
+    Text fields take it as written (a job named ``1e6``); number fields take its number (``_number``).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:  # messages show it as written: (got 1e6)
+        return str.__str__(self)
+
+    @property
+    def number(self) -> float | None:
+        """The value (``inf`` beyond float range), or None when it is too long to be any field's value."""
+        return None if len(self) > MAX_NUMBER_CHARS else float(self.replace("_", ""))
+
+
+def _number(v: Any) -> Any:
+    """A number field's input: ``NumberText`` becomes its float, anything else is left to the field."""
+    if not isinstance(v, NumberText):
+        return v
+    n = v.number
+    if n is None:
+        raise _problems([("", f"a number of {len(v)} characters is out of range (got {_short(v)})")])
+    return n
+
+
+def _whole(v: Any) -> Any:
+    """An integer field's input: ``1e6`` or ``1000.0`` is the whole number it is written as."""
+    n = _number(v)
+    if not isinstance(n, float):
+        return n
+    if not math.isfinite(n):
+        raise _problems([("", f"out of range (got {_short(v)})")])
+    if not n.is_integer():
+        raise _problems([("", f"must be a whole number (got {_short(v)})")])
+    return int(n)
+
+
+# Bounds first, then the validator: pydantic then still writes them into the JSON Schema as it should.
+PosInt = Annotated[int, Field(strict=True, gt=0), BeforeValidator(_whole)]
+NonNegInt = Annotated[int, Field(strict=True, ge=0), BeforeValidator(_whole)]
+CpuCount = Annotated[int, Field(strict=True, gt=0, le=MAX_CPUS), BeforeValidator(_whole)]
+Count = Annotated[int, Field(strict=True, gt=0, le=MAX_INT32), BeforeValidator(_whole)]
+CpuId = Annotated[int, Field(strict=True, ge=0, le=_MAX_CPU_ID)]
 # What a user may write for one worker's CPUs: [0, 1], "0-1" or a single id. ``_check_pinning``
 # normalizes all three to a sorted list of ints, which is all the planner ever sees.
 CpuList = Union[Annotated[list[CpuId], Field(min_length=1)], str, CpuId]  # noqa: UP007 - used as a value
@@ -93,9 +144,21 @@ def _is_int(v: Any) -> bool:
 
 
 def _check_workers(v: Any) -> Any:
-    if v == "auto" or (_is_int(v) and v > 0):
+    if v == "auto":
         return v
-    raise _problems([("", f"must be a positive integer or 'auto' (got {_short(v)})")])
+    n = _whole(v)
+    if _is_int(n) and 0 < n <= MAX_CPUS:
+        return n
+    raise _problems([("", f"must be a positive integer or 'auto' (got {_short(v)}); allowed: 1 to {MAX_CPUS}, auto")])
+
+
+def _long_number(text: str) -> str | None:
+    """The complaint about a number in a pinning expression too long to be a CPU id, count or index."""
+    run = max(re.findall(r"\d+", text), key=len, default="")
+    if len(run) <= 10:  # shorter numbers get the CPU-list parser's or the planner's own message
+        return None
+    limit = f"CPU ids, counts and indices go up to {_MAX_CPU_ID}"
+    return f"a {len(run)}-digit number is out of range; {limit} (got {_short(text)})"
 
 
 def _check_pinning(v: Any) -> Any:
@@ -104,6 +167,8 @@ def _check_pinning(v: Any) -> Any:
         if not v.strip():
             allowed = f"{', '.join(POLICIES)}, CPU lists or a likwid-style expression"
             raise _problems([("", f"empty expression; allowed: {allowed}")])
+        if (why := _long_number(v)) is not None:
+            raise _problems([("", why)])
         return v.strip()
     if not isinstance(v, list) or not v:
         raise _problems(
@@ -121,18 +186,20 @@ def _check_pinning(v: Any) -> Any:
         cpus: list[int] = []
         if isinstance(item, str):
             try:
+                if (why := _long_number(item)) is not None:
+                    raise ValueError(why)
                 cpus = parse_cpulist(item)
             except ValueError as exc:
                 problems.append((f"[{i}]", str(exc)))
         elif _is_int(item):
-            if item < 0:
-                problems.append((f"[{i}]", f"{_short(item)} is not a CPU id (a non-negative integer)"))
+            if not 0 <= item <= _MAX_CPU_ID:
+                problems.append((f"[{i}]", f"{_short(item)} is not a CPU id (0 to {_MAX_CPU_ID})"))
             else:
                 cpus = [item]
         elif isinstance(item, list):
             for j, c in enumerate(item):
-                if not _is_int(c) or c < 0:
-                    problems.append((f"[{i}][{j}]", f"{_short(c)} is not a CPU id (a non-negative integer)"))
+                if not _is_int(c) or not 0 <= c <= _MAX_CPU_ID:
+                    problems.append((f"[{i}][{j}]", f"{_short(c)} is not a CPU id (0 to {_MAX_CPU_ID})"))
                 else:
                     cpus.append(c)
             dups = sorted({c for c in cpus if cpus.count(c) > 1})
@@ -166,7 +233,9 @@ class DataSpec(_Model):
     path: Annotated[str, Field(min_length=1)] | None = Field(
         None, description="npy/raw file, relative to the spec's directory"
     )
-    offset_bytes: NonNegInt = Field(0, description="raw: bytes to skip at the start of the file")
+    offset_bytes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT64), BeforeValidator(_whole)] = Field(
+        0, description="raw: bytes to skip at the start of the file"
+    )
 
     @field_validator("dtype")
     @classmethod
@@ -230,7 +299,7 @@ def _data_problems(d: Mapping[str, Any], bad: frozenset[str] = frozenset()) -> l
     n = d["size"] if ok("size") else math.prod(d["shape"]) if ok("shape") else None
     dtype = d["dtype"] if ok("dtype") else None if given("dtype") else "float32"
     if n is not None and dtype is not None and n * _itemsize(dtype) > MAX_BYTES:
-        errs.append(("size", f"{n} elements of {dtype} is over the {MAX_BYTES >> 40} TiB limit"))
+        errs.append(("size", f"{_short(n)} elements of {dtype} is over the {MAX_BYTES >> 40} TiB limit"))
     return errs
 
 
@@ -243,6 +312,7 @@ class NumaSpec(_Model):
 # Slurm's own time formats (sbatch --time): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
 _TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
+_MEM_MB = {"K": 1 / 1024, "G": 1024, "T": 1024**2}
 MAX_SIGNAL_LEAD_S = 65535  # sbatch --signal=…@TIME takes at most 0xffff seconds
 
 
@@ -253,10 +323,10 @@ def slurm_time_minutes(v: str | int) -> float | None:
     if v.upper() in ("UNLIMITED", "INFINITE"):
         return None
     days, _, rest = v.rpartition("-")
-    parts = [int(x) for x in rest.split(":")]
+    parts = [float(x) for x in rest.split(":")]  # float: no digit limit, an absurd number is inf
     if days:  # D-H[:M[:S]]
         h, m, sec = [*parts, 0, 0][:3]
-        return int(days) * 1440 + h * 60 + m + sec / 60
+        return float(days) * 1440 + h * 60 + m + sec / 60
     if len(parts) == 1:  # M
         return float(parts[0])
     if len(parts) == 2:  # M:S
@@ -286,26 +356,26 @@ SbatchOption = Annotated[str, Field(min_length=1, max_length=1024), AfterValidat
 class SlurmSpec(_Model):
     """Resources for ``shmhpc slurm render|submit``; every field can be overridden on its command line."""
 
-    time: Annotated[int, Field(strict=True, gt=0)] | Directive = Field(
-        "00:30:00", description="time limit: minutes, or M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED"
+    time: Annotated[Annotated[int, Field(strict=True, gt=0, le=MAX_INT32)] | Directive, BeforeValidator(_whole)] = (
+        Field("00:30:00", description="time limit: minutes, or M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED")
     )
     partition: Directive | None = Field(None, description="partition (default: the cluster's default partition)")
     account: Directive | None = Field(None, description="account to charge")
     qos: Directive | None = Field(None, description="quality of service")
-    nodes: PosInt = Field(1, description="nodes (templates other than multinode need 1)")
-    mem: Annotated[int, Field(strict=True, gt=0)] | Directive | None = Field(
-        None, description="memory per node: MB, or a number with K, M, G or T (e.g. 8G)"
-    )
-    cpus_per_task: PosInt | None = Field(
+    nodes: Count = Field(1, description="nodes (templates other than multinode need 1)")
+    mem: Annotated[
+        Annotated[int, Field(strict=True, gt=0, le=MAX_INT32)] | Directive | None, BeforeValidator(_whole)
+    ] = Field(None, description="memory per node: MB, or a number with K, M, G or T (e.g. 8G)")
+    cpus_per_task: CpuCount | None = Field(
         None, description="CPUs of the one task per node (default: the CPUs the plan pins)"
     )
-    signal_lead_s: Annotated[int, Field(strict=True, ge=0, le=MAX_SIGNAL_LEAD_S)] = Field(
+    signal_lead_s: Annotated[int, Field(strict=True, ge=0, le=MAX_SIGNAL_LEAD_S), BeforeValidator(_whole)] = Field(
         120, description="send USR1 this many seconds before the time limit (0: no warning signal)"
     )
     exclusive: bool = Field(False, description="ask for whole nodes (--exclusive)")
     nomultithread: bool = Field(False, description="one hardware thread per core (--hint=nomultithread)")
     job_name: Directive | None = Field(None, description="job name (default: the spec's name)")
-    array_throttle: PosInt | None = Field(None, description="compare-array: at most this many tasks at once (%N)")
+    array_throttle: Count | None = Field(None, description="compare-array: at most this many tasks at once (%N)")
     log_dir: Annotated[str, Field(min_length=1)] = Field(
         ".", description="where sbatch writes job logs, relative to the submit directory"
     )
@@ -318,6 +388,9 @@ class SlurmSpec(_Model):
     def _time_format(cls, v: int | str) -> int | str:
         if isinstance(v, str) and not (_TIME_RE.match(v) or v.upper() in ("UNLIMITED", "INFINITE")):
             raise ValueError("not a Slurm time; allowed: minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S or UNLIMITED")
+        minutes = slurm_time_minutes(v)
+        if minutes is not None and minutes > MAX_INT32:
+            raise ValueError(f"over Slurm's limit of {MAX_INT32} minutes; allowed: a shorter time or UNLIMITED")
         return v
 
     @field_validator("mem")
@@ -325,6 +398,8 @@ class SlurmSpec(_Model):
     def _mem_format(cls, v: int | str | None) -> int | str | None:
         if isinstance(v, str) and not _MEM_RE.match(v.upper()):
             raise ValueError("not a Slurm memory size; allowed: MB as a number, or a number with K, M, G or T")
+        if isinstance(v, str) and float(v.rstrip("KMGTkmgt")) * _MEM_MB.get(v[-1].upper(), 1) > MAX_INT32:
+            raise ValueError(f"over Slurm's limit of {MAX_INT32} MB per node")
         return v
 
     @field_validator("log_dir")
@@ -356,10 +431,10 @@ class JobSpec(_Model):
 
     name: Annotated[str, Field(pattern=_NAME_RE)] = Field(..., description="job name: letters, digits, '_', '.', '-'")
     data: DataSpec
-    workers: Annotated[PosInt | Literal["auto"], BeforeValidator(_check_workers)] = Field(
+    workers: Annotated[CpuCount | Literal["auto"], BeforeValidator(_check_workers)] = Field(
         "auto", description="count, or auto = one per usable physical core"
     )
-    threads_per_worker: PosInt = Field(1, description="CPUs and BLAS/OpenMP threads per worker")
+    threads_per_worker: CpuCount = Field(1, description="CPUs and BLAS/OpenMP threads per worker")
     # The type is the normalized form; the JSON Schema shows what a user may write (PinningInput).
     pinning: Annotated[
         Literal["none", "compact", "scatter"] | list[list[CpuId]] | str,
@@ -371,23 +446,23 @@ class JobSpec(_Model):
     )
     oversubscribe: bool = Field(False, description="allow more worker threads than usable CPUs")
     numa: NumaSpec = Field(default_factory=NumaSpec)
-    chunks_per_worker: PosInt = Field(2, description="chunks each worker reduces per repeat")
+    chunks_per_worker: Count = Field(2, description="chunks each worker reduces per repeat")
     kernel: Annotated[str, Field(min_length=1)] = Field(
         "sum", description="sum | mean | min | max | var | std | norm2 | package.module:function"
     )
     accumulate: Literal["float64", "native"] = Field(
         "float64", description="float64 (accurate) | native (the array's dtype, numpy's pairwise sum: fastest)"
     )
-    repeats: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = Field(5)
-    warmup: Annotated[int, Field(strict=True, ge=0, le=1_000_000)] = Field(1)
+    repeats: Annotated[int, Field(strict=True, ge=1, le=1_000_000), BeforeValidator(_whole)] = Field(5)
+    warmup: Annotated[int, Field(strict=True, ge=0, le=1_000_000), BeforeValidator(_whole)] = Field(1)
     verify: bool = Field(True, description="check the result against an independent single-process computation")
     start_method: Literal["fork", "forkserver", "spawn"] = Field("forkserver")
     report: Annotated[str, Field(min_length=1)] = Field(
         "reports/{name}.json",
         description="report path; placeholders {name} {timestamp} {workers} {pinning} {slurm_job}",
     )
-    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        None, description="fail the run if one phase (load or one repeat) takes longer"
+    timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False), BeforeValidator(_number)] | None = (
+        Field(None, description="fail the run if one phase (load or one repeat) takes longer")
     )
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
@@ -470,6 +545,8 @@ def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _short(v: Any) -> str:
+    if _is_int(v) and v.bit_length() > 256:  # repr() of a 4300-digit int raises ValueError
+        return f"a {v.bit_length()}-bit integer"
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
@@ -597,7 +674,32 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     return mapping
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    # int() refuses more than 4300 digits with a ValueError from inside the loader; no field takes even 100.
+    text = loader.construct_scalar(node)
+    if isinstance(text, str) and len(text) > MAX_NUMBER_CHARS:
+        return NumberText(text)
+    return loader.construct_yaml_int(node)
+
+
+def _construct_number_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    return NumberText(loader.construct_scalar(node))
+
+
+_NUMBER_TEXT_TAG = "tag:shmhpc,2024:number-text"
 _NoDupLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_NoDupLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_NoDupLoader.add_constructor(_NUMBER_TEXT_TAG, _construct_number_text)
+# YAML 1.1 floats need a dot and a signed exponent (1.0e+6); 1e6, 1e-9, 2.5E3 and .5e3 are what people write.
+# Every exponent form is NumberText, checked before YAML's float, so messages quote it as written.
+_NoDupLoader.add_implicit_resolver(
+    _NUMBER_TEXT_TAG,
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+for _first, _resolvers in _NoDupLoader.yaml_implicit_resolvers.items():
+    if _resolvers and _resolvers[-1][0] == _NUMBER_TEXT_TAG:
+        _resolvers.insert(0, _resolvers.pop())
 
 
 def _parse_yaml(text: str, source: str) -> Any:
@@ -666,6 +768,14 @@ def load_spec(
         for key, value in values.items():
             _set_dotted(raw, key.split("."), value)
     return spec_from_dict(raw, source=source)
+
+
+def parse_value(text: str, source: str) -> Any:
+    """A value typed on the command line, read as a ``--set`` value is (YAML: ``4``, ``1e6``, ``[0, 1]``).
+
+    Raises ``SpecError`` naming ``source`` when it is not valid YAML.
+    """
+    return _parse_yaml(text, source)
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> Any:

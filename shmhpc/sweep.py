@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import yaml
-
 from .errors import SpecError
+from .outputs import check_output, write_text
 from .progress import LiveLine, NullProgress, round_status
-from .report import as_run_report, now_stamp, write_report, write_text_atomic
+from .report import as_run_report, now_stamp, write_report
 from .signals import StopSignals
 from .tables import format_seconds, markdown_table, text_table
 
@@ -115,10 +114,18 @@ def _slug(overrides: list[str], limit: int = 80) -> str:
 
 
 def _yaml_value(text: str) -> Any:
+    """A --vary value as the spec reads it (``1e6`` a number, 5000 digits text the spec refuses)."""
+    from .spec import parse_value
+
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_value(text, "--vary")
+    except SpecError:
         return text
+
+
+def _short(overrides: list[str], limit: int = 40) -> str:
+    """The combination for a message: each override cut to ``limit`` characters (the field's error has the rest)."""
+    return " ".join(o if len(o) <= limit else o[: limit - 1] + "…" for o in overrides)
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -195,6 +202,7 @@ class Entry:
     median_repeat_s: float | None = None
     median_gbps: float | None = None
     exit_code: int | None = None
+    saved: bool = True  # False: the run's report could not be written (its reason says why)
     spec: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,7 +212,7 @@ class Entry:
             "values": self.values,
             "status": self.status,
             "reason": self.reason,
-            "report": self.file if self.status not in ("skipped", "pending", "not run") else None,
+            "report": self.file if self.saved and self.status not in ("skipped", "pending", "not run") else None,
             "workers": self.workers,
             "pinning": self.pinning,
             "median_repeat_s": self.median_repeat_s,
@@ -277,7 +285,7 @@ def _plan_entries(
         try:
             spec = load_spec(spec_path, base + overrides)
         except SpecError as exc:
-            errors.extend(f"--vary {' '.join(overrides)}: {m}" for m in exc.messages)
+            errors.extend(f"--vary {_short(overrides)}: {m}" for m in exc.messages)
             continue
         entry.spec = spec
         entry.workers, entry.pinning = spec.workers, spec.pinning
@@ -306,6 +314,7 @@ def _run_entry(
     e.reason = r.error
     if r.report_path:
         e.file = os.path.relpath(r.report_path, out)
+    e.saved = r.report_path is not None
     e.median_repeat_s = r.timings.repeat.median if r.timings and r.timings.repeat else None
     e.median_gbps = r.bandwidth.gbps.median if r.bandwidth and r.bandwidth.gbps else None
     if e.status == "ok":
@@ -375,14 +384,20 @@ def run_sweep(
     out = Path(out_dir) if out_dir else Path("sweeps") / f"{base_spec.name}-{now_stamp()}"
     if (out / "sweep.json").exists() and not force:
         raise SpecError(f"--out: {out} already holds a sweep (sweep.json); choose another directory or add --force")
-    out.mkdir(parents=True, exist_ok=True)
+    # The folder (and its parents) is created on purpose; the summaries in it must be replaceable.
+    check_output(out, what="--out", folder=True)
+    targets = [check_output(out / n, what="--out", overwrite=True) for n in ("sweep.json", "sweep.md")]
 
     summary = _new_summary(spec_path, base_spec.name, base, axes, out)
 
     def save() -> None:
         summary["runs"] = [e.to_dict() for e in entries]
-        write_report(summary, out / "sweep.json")
-        write_text_atomic(out / "sweep.md", _markdown(summary))
+        summary.pop("save_error", None)
+        try:
+            write_report(summary, targets[0])
+            write_text(targets[1], _markdown(summary))
+        except OSError as exc:  # a full disk: the sweep fails, and says so (the CLI prints the summary)
+            summary["save_error"] = f"--out: could not write the summary in {str(out)!r}: {exc.strerror or exc}"
 
     progress = SweepProgress(len(entries), stream=stream, quiet=quiet)
     n_skip = sum(e.status == "skipped" for e in entries)
@@ -413,6 +428,7 @@ def run_sweep(
             elif e.status != "ok" and exit_code == 0:
                 exit_code = 1
             save()
+
         signum = stop.signum
         if signum is not None:
             exit_code = exit_code if exit_code >= 128 else 128 + signum
@@ -421,6 +437,8 @@ def run_sweep(
             summary["status"] = "failed" if exit_code else "ok"
         summary["finished_at"] = now_stamp()
         save()
+        if summary.get("save_error") and exit_code == 0:
+            exit_code = 1
     if all(e.status == "skipped" for e in entries):
         raise SpecError(
             f"sweep: every combination is impossible on this machine (summary in {out}); "

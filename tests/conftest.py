@@ -156,6 +156,19 @@ def small_spec(tmp_path: Path, name: str = "t", **fields) -> Path:
     return write_spec(tmp_path / f"{name}.yaml", text)
 
 
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, options: str):
+    """A tmpfs mounted at ``path`` (root only: CI runs as root; elsewhere the test is skipped, saying why)."""
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def run_in_pty(args: list[str], cwd: str | Path, timeout: float = 60) -> tuple[int, str]:
     """``python -m shmhpc ARGS`` with stderr on a pseudo-terminal (as a user at a terminal sees it)."""
     pty = pytest.importorskip("pty")
@@ -201,6 +214,8 @@ def validate_reports_under(root: Path) -> int:
     """
     n = 0
     for path in sorted(Path(root).rglob("*.json")):
+        if path.is_symlink() or not path.is_file():  # FIFOs and links made by the write-target tests
+            continue
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):

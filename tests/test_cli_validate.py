@@ -6,6 +6,7 @@ one ``error: PATH: field: ...`` line per problem on stderr, never a traceback.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shmhpc.cli import build_parser, main
 from shmhpc.shm import parse_segment_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,3 +237,148 @@ def test_run_bad_spec_exits_2_and_creates_nothing(tmp_path: Path, text: str, fil
     assert all(line.startswith("error: ") for line in lines), lines
     assert _segments_of(child.pid) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == files_after
+
+
+# -- absurd numbers at every numeric entry point ---------------------------------------------------
+
+D5000 = "1" * 5000  # more digits than Python's int() converts (4300)
+JOB = "name: job\ndata: {size: 1000}\nworkers: 1\npinning: none\nrepeats: 1\n"
+NO_SLURM = {"PATH": str(Path(sys.executable).parent)}  # render checks nothing against a real cluster
+
+
+def one_error(proc: subprocess.CompletedProcess[str], start: str, short: bool = True) -> str:
+    no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(start), line
+    assert not short or len(line) < 400, "the 5000-digit value is shortened"
+    return line
+
+
+def test_a_5000_digit_number_in_a_spec_or_set_is_one_line(tmp_path: Path) -> None:
+    write_all(tmp_path, {"big.yaml": f"name: big\ndata: {{size: {D5000}}}\n", "job.yaml": JOB})
+    one_error(shmhpc("validate", "big.yaml", cwd=tmp_path), "error: big.yaml: data.size: a number of 5000 characters")
+    for cmd in ("validate", "run", "plan"):
+        proc = shmhpc(cmd, "job.yaml", "--set", f"data.size={D5000}", cwd=tmp_path)
+        one_error(proc, f"error: {'job.yaml: ' if cmd == 'validate' else ''}data.size: a number of 5000 characters")
+    proc = shmhpc("validate", "job.yaml", "--set", "timeout_s=1e400", cwd=tmp_path)
+    one_error(proc, "error: job.yaml: timeout_s: Input should be")
+
+
+def test_exponent_numbers_are_accepted_in_specs_and_set(tmp_path: Path) -> None:
+    write_all(tmp_path, {"sci.yaml": "name: sci\ndata: {size: 1e3}\nworkers: 1e0\npinning: none\ntimeout_s: 1e-9\n"})
+    proc = shmhpc("validate", "sci.yaml", "--set", "repeats=2e0", "--set", "data.size=2.5E3", cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    proc = shmhpc("validate", "sci.yaml", "--set", "data.size=2.5e-1", cwd=tmp_path)
+    one_error(proc, "error: sci.yaml: data.size: must be a whole number (got 2.5e-1)")
+
+
+def _render(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    write_all(tmp_path, {"job.yaml": JOB})
+    return subprocess.run(
+        [sys.executable, "-m", "shmhpc", "slurm", "render", "job.yaml", *args],
+        cwd=tmp_path,
+        env={**_env(), **NO_SLURM},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["--cpus-per-task", D5000], "error: slurm.cpus_per_task: a number of 5000 characters is out of range"),
+        (["--cpus-per-task", "1e5"], "error: slurm.cpus_per_task: Input should be less than or equal to 65536"),
+        (["--cpus-per-task", "2.5"], "error: slurm.cpus_per_task: must be a whole number (got 2.5)"),
+        (["--cpus-per-task", "many"], "error: slurm.cpus_per_task: Input should be a valid integer (got 'many')"),
+        (["--nodes", "1e20"], "error: slurm.nodes: Input should be less than or equal to 2147483647"),
+        (["--signal-lead-s", D5000], "error: slurm.signal_lead_s: a number of 5000 characters is out of range"),
+        (["--time", "99999999999999999999:00"], "error: slurm.time: over Slurm's limit of 2147483647 minutes"),
+        (["--mem", "99999999999999999999T"], "error: slurm.mem: over Slurm's limit of 2147483647 MB per node"),
+        (
+            ["--template", "compare-array", "--array-throttle", "1e10"],
+            "error: slurm.array_throttle: Input should be less than or equal to 2147483647",
+        ),
+        (["--set", f"slurm.nodes={D5000}"], "error: slurm.nodes: a number of 5000 characters is out of range"),
+    ],
+)
+def test_slurm_render_numeric_flags_are_one_line_errors(tmp_path: Path, args: list[str], start: str) -> None:
+    one_error(_render(tmp_path, *args), start)
+
+
+def test_slurm_render_array_of_with_a_5000_digit_value(tmp_path: Path) -> None:
+    proc = _render(tmp_path, "--template", "compare-array", "--array-of", f"workers=1,{D5000}")
+    line = one_error(proc, "error: --array-of workers=", short=False)  # the prefix quotes the combination
+    assert ": workers: a number of 5000 characters is out of range" in line
+
+
+def test_slurm_render_accepts_exponent_numbers(tmp_path: Path) -> None:
+    proc = _render(tmp_path, "--cpus-per-task", "4e0", "--nodes", "1e0", "--signal-lead-s", "6e1")
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert "#SBATCH --cpus-per-task=4 " in proc.stdout and "--signal=B:USR1@60" in proc.stdout
+
+
+def test_sweep_vary_with_a_5000_digit_value(tmp_path: Path) -> None:
+    write_all(tmp_path, {"job.yaml": JOB})
+    proc = shmhpc("sweep", "job.yaml", "--vary", f"workers=1,{D5000}", "--out", "sw", "-q", cwd=tmp_path)
+    line = one_error(proc, "error: --vary workers=")
+    assert ": workers: a number of 5000 characters is out of range" in line
+
+
+# -- --help of every command and argument ------------------------------------------------------------
+
+
+def without_help(parser: argparse.ArgumentParser, path: str = "shmhpc") -> list[str]:
+    """Every command without help or description, every argument (but -h) without help."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not (helps.get(name) or "").strip():
+                    missing.append(f"{path} {name}: no help")
+                if not (sub.description or "").strip():
+                    missing.append(f"{path} {name}: no description")
+                missing += without_help(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+            missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}: no help")
+    return missing
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, (*path, name))
+    return out
+
+
+def test_every_command_and_argument_says_what_it_does() -> None:
+    parser = build_parser()
+    assert without_help(parser) == []
+    commands = {" ".join(c) for c in _commands(parser)}
+    assert {"run", "plan", "validate", "compare", "sweep", "plot", "slurm render", "slurm submit"} <= commands
+    # The check notices an argument or a command added without saying what it does.
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    verbs = next(a for a in subs.choices["slurm"]._actions if isinstance(a, argparse._SubParsersAction))
+    verbs.choices["render"].add_argument("--new-flag")
+    subs.add_parser("new-command").add_argument("thing")
+    assert sorted(without_help(parser)) == [
+        "shmhpc new-command thing: no help",
+        "shmhpc new-command: no description",
+        "shmhpc new-command: no help",
+        "shmhpc slurm render --new-flag: no help",
+    ]
+
+
+@pytest.mark.parametrize("command", [" ".join(c) for c in _commands(build_parser())])
+def test_help_of_every_command_prints(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command.split(), "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: shmhpc {command}".rstrip())

@@ -350,3 +350,108 @@ def test_slurm_variables_are_not_settings_that_differ():
         "slurm, 2 CPUs per task, cpu-bind none",
         "slurm, 4 CPUs per task, cpu-bind none",
     ]
+
+
+# -- the same run twice; timings that cannot be compared ------------------------------------------
+
+
+def _with_segment(report: dict, name: str) -> dict:
+    report["segment"] = {"name": name, "dir": "/dev/shm", "size_bytes": 4096}
+    return report
+
+
+def test_the_same_file_twice_is_refused_unless_forced(tmp_path):
+    a = write(tmp_path / "a.json", make_report("none", REF))
+    out = run_cli("compare", str(a), str(a))
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = out.stderr.splitlines()
+    assert line == (
+        f"error: compare: {a} and {a} are the same run (identical content); a run compared with itself says "
+        "nothing; add --force to compare anyway"
+    )
+    forced = run_cli("compare", str(a), str(a), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"forced: {a} and {a} are the same run" in forced.stdout
+
+
+def test_a_copy_or_an_edited_copy_of_one_run_is_the_same_run(tmp_path):
+    run = _with_segment(make_report("none", REF), "shmhpc-u1000-p4242-j0-0123456789abcdef")
+    edited = json.loads(json.dumps(run))
+    edited["job"]["name"] = "renamed"
+    edited["timings"]["repeat_s"] = FAST  # numbers changed by hand: still the run of that segment
+    with pytest.raises(SpecError) as info:
+        _cmp(run, edited)
+    (msg,) = info.value.messages
+    assert msg.startswith("compare: a.json and b.json are the same run (segment shmhpc-u1000-p4242-j0-0123456789abcdef")
+    copy_ = write(tmp_path / "copy.json", run)
+    orig = write(tmp_path / "orig.json", run)
+    out = run_cli("compare", str(orig), str(copy_))
+    assert out.returncode == 2 and "are the same run (segment shmhpc-u1000-p4242" in out.stderr
+
+
+def test_different_runs_are_not_the_same_run():
+    a = _with_segment(make_report("none", REF), "shmhpc-u1000-p4242-j0-0123456789abcdef")
+    b = _with_segment(make_report("none", REF), "shmhpc-u1000-p4243-j0-fedcba9876543210")
+    cmp = _cmp(a, b)  # identical settings and timings, but two launchers: two runs
+    assert not any("same run" in w for w in cmp.warnings)
+    other_host = _with_segment(make_report("none", REF), "shmhpc-u1000-p4242-j0-0123456789abcdef")
+    other_host["host"]["hostname"] = "node2"  # the same segment name on another host is another run
+    with pytest.raises(SpecError) as info:
+        _cmp(a, other_host)
+    assert not any("same run" in m for m in info.value.messages)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "needle"),
+    [
+        ("timings", "repeat_s", [0.04, 0.041, 0.042, -0.043, 0.044], "timings.repeat_s[3] is -0.043, not a positive"),
+        ("timings", "repeat_s", [0.04, 0.0, 0.042, 0.043, 0.044], "timings.repeat_s[1] is 0.0, not a positive"),
+        ("timings", "repeat_s", [], "status 'ok' but timings.repeat_s is empty"),
+        ("timings", "repeat_s", None, "status 'ok' but timings.repeat_s is missing"),
+        ("timings", "total_s", -1.0, "timings.total_s is -1.0, not a positive number"),
+        ("timings", "load_s", 0.0, "timings.load_s is 0.0, not a positive number"),
+        ("bandwidth", "gbps_per_repeat", [1.0, -2.0], "bandwidth.gbps_per_repeat[1] is -2.0, not a positive"),
+    ],
+)
+def test_broken_timings_are_refused_even_with_force(tmp_path, section, key, value, needle):
+    bad = make_report("compact", FAST)
+    if value is None:
+        del bad[section][key]
+    else:
+        bad[section][key] = value
+    for force in (False, True):
+        with pytest.raises(SpecError) as info:
+            _cmp(make_report("none", REF), bad, force=force)
+        (msg,) = info.value.messages
+        assert msg.startswith("b.json: broken report: ") and needle in msg, msg
+        assert msg.endswith("its timings cannot be compared, not even with --force")
+    a = write(tmp_path / "a.json", make_report("none", REF))
+    b = write(tmp_path / "b.json", bad)
+    out = run_cli("compare", str(a), str(b), "--force")
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"error: {b}: broken report: ") and needle in line
+
+
+@pytest.mark.parametrize("value", [None, "nan", "inf"])
+def test_null_and_non_finite_timings_are_refused_as_the_file_is_read(tmp_path, value):
+    bad = make_report("compact", FAST)
+    bad["timings"]["repeat_s"][2] = None if value is None else float(value)
+    a = write(tmp_path / "a.json", make_report("none", REF))
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(bad))  # NaN and Infinity as Python's json writes them
+    out = run_cli("compare", str(a), str(b), "--force")
+    assert out.returncode == 2
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"error: {b}: malformed report: timings.repeat_s is not a list of finite numbers")
+    assert "timings.repeat_s[2] is" in line
+
+
+def test_a_failed_run_without_timings_is_not_broken_and_can_be_forced():
+    failed = make_report("compact", FAST, status="failed")
+    del failed["timings"]
+    del failed["bandwidth"]
+    with pytest.raises(SpecError, match="has status 'failed'"):
+        _cmp(make_report("none", REF), failed)
+    cmp = _cmp(make_report("none", REF), failed, force=True)
+    assert cmp.metrics[0].samples[1].n == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import TWO, load_json, our_segments, run_cli, small_spec, start_cli
+from conftest import TWO, load_json, mounted_tmpfs, our_segments, run_cli, small_spec, start_cli
 
 from shmhpc.signals import STOP_SIGNALS
 
@@ -254,15 +254,8 @@ def test_run_sweeps_dead_leftovers_at_start_and_says_so(tmp_path, no_leak):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """An 8 MiB tmpfs standing in for a too-small /dev/shm (Docker's default is 64 MB)."""
-    mnt = tmp_path / "shm"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=1777", "tmpfs", str(mnt)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "shm", "size=8m,mode=1777") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_array_larger_than_shm_fails_before_allocating(tmp_path, small_tmpfs, no_leak):

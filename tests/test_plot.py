@@ -107,7 +107,7 @@ def test_cli_refuses_to_mix_hosts_unless_forced(tmp_path):
 def test_cli_bad_output_format_and_bad_input(tmp_path):
     a = write(tmp_path / "a.json", make_report("none"))
     out = run_cli("plot", str(a), "-o", str(tmp_path / "x.nope"))
-    assert out.returncode == 2 and "error: -o " in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "error: -o: " in out.stderr and "Traceback" not in out.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     none = run_cli("plot", str(empty), "-o", str(tmp_path / "y.png"))

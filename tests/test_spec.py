@@ -287,7 +287,7 @@ def test_top_level_must_be_a_mapping() -> None:
 
 
 @pytest.mark.parametrize("field", ["threads_per_worker", "chunks_per_worker", "repeats", "warmup"])
-@pytest.mark.parametrize("value", [True, False, "4", 4.0, None, [4]])
+@pytest.mark.parametrize("value", [True, False, "4", "1e6", None, [4]])
 def test_int_fields_are_strict(field: str, value: Any) -> None:
     (msg,) = errors(spec(**{field: value}))
     assert msg.startswith(f"{field}: ")
@@ -295,7 +295,7 @@ def test_int_fields_are_strict(field: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize("field", ["size", "seed", "offset_bytes"])
-@pytest.mark.parametrize("value", [True, "10", 10.0])
+@pytest.mark.parametrize("value", [True, "10", 10.5])
 def test_data_int_fields_are_strict(field: str, value: Any) -> None:
     raw = data(source="raw", path="x.raw", dtype="int8", size=10)
     raw["data"][field] = value
@@ -313,15 +313,21 @@ def test_bool_fields_are_strict(field: str, value: Any) -> None:
 # -- workers -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [1, 2, 512, "auto"])
+@pytest.mark.parametrize("value", [1, 2, 512, 65536, 2.0, "auto"])
 def test_workers_good(value: Any) -> None:
     assert spec_from_dict(spec(workers=value)).workers == value
 
 
-@pytest.mark.parametrize("value", [0, -1, True, False, "4", "Auto", "", 1.5, 2.0, None, [2]])
+@pytest.mark.parametrize("value", [0, -1, 65537, True, False, "4", "Auto", "", None, [2]])
 def test_workers_bad(value: Any) -> None:
     (msg,) = errors(spec(workers=value))
-    assert msg == f"workers: must be a positive integer or 'auto' (got {value!r})"
+    assert msg == f"workers: must be a positive integer or 'auto' (got {value!r}); allowed: 1 to 65536, auto"
+
+
+@pytest.mark.parametrize("value", [1.5, float("inf")])
+def test_workers_not_whole(value: Any) -> None:
+    (msg,) = errors(spec(workers=value))
+    assert msg == f"workers: {'must be a whole number' if value == 1.5 else 'out of range'} (got {value!r})"
 
 
 # -- pinning -------------------------------------------------------------------------
@@ -732,7 +738,7 @@ def test_yaml_ints(tmp_path: Path, text: str, value: int) -> None:
         ("workers: '4'", "workers"),
         ("repeats: on", "repeats"),
         ("repeats: '5'", "repeats"),
-        ("repeats: 5.0", "repeats"),
+        ("repeats: 5.5", "repeats"),
         ("verify: 'true'", "verify"),
         ("name: 2024-01-01", "name"),
         ("kernel: 12", "kernel"),
@@ -747,6 +753,168 @@ def test_yaml_strict_types(tmp_path: Path, text: str, field: str) -> None:
 def test_yaml_data_int_strict(tmp_path: Path) -> None:
     (msg,) = load_errors(write(tmp_path, "name: t\ndata: {size: true}\n"))
     assert msg.startswith("data.size: Input should be a valid integer (got True)")
+
+
+# -- numbers as people write them, and absurd ones -------------------------------------
+
+D5000 = "1" * 5000  # more digits than Python's int() converts (4300)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "value"),
+    [
+        ("data: {size: 1e6}", "data.size", 1_000_000),
+        ("data: {size: 2.5E3}", "data.size", 2500),
+        ("data: {size: 1.0e+6}", "data.size", 1_000_000),  # YAML 1.1's own float form
+        ("data: {size: 1000.0}", "data.size", 1000),
+        ("data: {size: 1_000e3}", "data.size", 1_000_000),
+        ("data: {shape: [1e3, 4e0]}", "data.shape", [1000, 4]),
+        ("timeout_s: 1e-9", "timeout_s", 1e-9),
+        ("timeout_s: .5e1", "timeout_s", 5.0),
+        ("timeout_s: 3E+2", "timeout_s", 300.0),
+        ("repeats: 1e2", "repeats", 100),
+        ("warmup: 0e0", "warmup", 0),
+        ("workers: 2e0", "workers", 2),
+        ("chunks_per_worker: +4e0", "chunks_per_worker", 4),
+        ("slurm: {time: 1e3}", "slurm.time", 1000),
+        ("slurm: {mem: 2e3}", "slurm.mem", 2000),
+        ("slurm: {cpus_per_task: 6.4e1}", "slurm.cpus_per_task", 64),
+        ("threads_per_worker: 65536", "threads_per_worker", 65536),
+        ("data: {size: 1e1}\nworkers: 65536", "workers", 65536),
+    ],
+)
+def test_numbers_as_people_write_them(tmp_path: Path, text: str, field: str, value: Any) -> None:
+    base = "name: t\n" + ("" if text.startswith("data") else "data: {size: 1000}\n")
+    for s in (load_spec(write(tmp_path, base + text + "\n")), _loaded_with_set(tmp_path, text)):
+        got: Any = s
+        for part in field.split("."):
+            got = getattr(got, part)
+        assert got == value and type(got) is type(value), (got, value)
+
+
+def _loaded_with_set(tmp_path: Path, text: str) -> JobSpec:
+    """The same value given as ``--set key=value`` (a flow mapping in ``text`` unfolded to a dotted key)."""
+    sets = [] if text.startswith("data") else ["data.size=1000"]
+    for line in text.splitlines():
+        key, _, rest = line.partition(": ")
+        if rest.startswith("{"):
+            inner_key, _, rest = rest.strip("{}").partition(": ")
+            key += "." + inner_key
+        sets.append(f"{key}={rest}")
+    return load_spec(write(tmp_path, "name: t\ndata: {source: generate}\n", "base.yaml"), sets)
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("name", "1e6"), ("slurm.job_name", "2E10"), ("slurm.partition", "1e-9"), ("kernel", "1e6"), ("name", "1.0e+6")],
+)
+def test_exponent_text_stays_text_in_text_fields(tmp_path: Path, field: str, text: str) -> None:
+    top, _, sub = field.partition(".")
+    line = f"{top}: {{{sub}: {text}}}" if sub else f"{top}: {text}"
+    body = "data: {size: 10}\n" + line + "\n" + ("" if top == "name" else "name: t\n")
+    if "+" in text:  # text, but not a valid job name
+        (msg,) = load_errors(write(tmp_path, body))
+        assert msg.startswith("name: String should match pattern") and "(got 1.0e+6)" in msg
+        return
+    got: Any = load_spec(write(tmp_path, body))
+    for part in field.split("."):
+        got = getattr(got, part)
+    assert got == text and type(got) is str
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("data: {size: 2.5}", "data.size: must be a whole number (got 2.5)"),
+        ("data: {size: 1.5e-3}", "data.size: must be a whole number (got 1.5e-3)"),
+        ("repeats: 1e-3", "repeats: must be a whole number (got 1e-3)"),
+        ("workers: 2.5", "workers: must be a whole number (got 2.5)"),
+        ("slurm: {time: 30.5}", "slurm.time: must be a whole number (got 30.5)"),
+        (f"data: {{size: {D5000}}}", "data.size: a number of 5000 characters is out of range (got 1111111111"),
+        (f"data: {{size: 0x{D5000}}}", "data.size: a number of 5002 characters is out of range (got 0x111111111"),
+        (f"data: {{size: -{D5000}}}", "data.size: a number of 5001 characters is out of range (got -111111111"),
+        (f"data: {{shape: [4, {D5000}]}}", "data.shape[1]: a number of 5000 characters is out of range"),
+        (f"data: {{size: 10, seed: {D5000}}}", "data.seed: a number of 5000 characters is out of range"),
+        (f"workers: {D5000}", "workers: a number of 5000 characters is out of range"),
+        (f"timeout_s: {D5000}", "timeout_s: a number of 5000 characters is out of range"),
+        (f"timeout_s: {D5000}.5", "timeout_s: Input should be"),  # a float that long is inf: not finite
+        ("repeats: 1e400", "repeats: out of range (got 1e400)"),
+        ("repeats: -.inf", "repeats: out of range (got -inf)"),
+        ("timeout_s: 1e400", "timeout_s: Input should be"),
+        ("timeout_s: 1.0e+400", "timeout_s: Input should be"),
+        ("timeout_s: 1e-400", "timeout_s: Input should be greater than 0"),  # underflows to 0
+        ("timeout_s: 1e9", "timeout_s: Input should be less than or equal to 31622400"),
+        ("threads_per_worker: 65537", "threads_per_worker: Input should be less than or equal to 65536"),
+        ("workers: 1e5", "workers: must be a positive integer or 'auto' (got 1e5); allowed: 1 to 65536, auto"),
+        ("chunks_per_worker: 1e10", "chunks_per_worker: Input should be less than or equal to 2147483647"),
+        (
+            "data: {source: raw, path: x.raw, dtype: int8, size: 8, offset_bytes: 1e19}",
+            "data.offset_bytes: Input should be less than or equal to 9223372036854775807",
+        ),
+        ("pinning: [[70000]]", "pinning[0][0]: 70000 is not a CPU id (0 to 65535)"),
+        ("pinning: [70000]", "pinning[0]: 70000 is not a CPU id (0 to 65535)"),
+        (f"pinning: S{D5000}:0-1", "pinning: a 5000-digit number is out of range; CPU ids, counts and indices go"),
+        (f"pinning: ['0-{D5000}']", "pinning[0]: a 5000-digit number is out of range"),
+        (f"pinning: E:N:4:1:{D5000}", "pinning: a 5000-digit number is out of range"),
+        ("slurm: {time: 3e9}", "slurm.time: Input should be less than or equal to 2147483647"),
+        ("slurm: {time: '99999999999999999999:00'}", "slurm.time: over Slurm's limit of 2147483647 minutes"),
+        ("slurm: {time: '1-99999999999999999999'}", "slurm.time: over Slurm's limit of 2147483647 minutes"),
+        (f"slurm: {{time: {D5000}}}", "slurm.time: a number of 5000 characters is out of range"),
+        ("slurm: {mem: 99999999999999999999G}", "slurm.mem: over Slurm's limit of 2147483647 MB per node"),
+        ("slurm: {mem: 3000T}", "slurm.mem: over Slurm's limit of 2147483647 MB per node"),
+        ("slurm: {nodes: 1e20}", "slurm.nodes: Input should be less than or equal to 2147483647"),
+        ("slurm: {cpus_per_task: 65537}", "slurm.cpus_per_task: Input should be less than or equal to 65536"),
+        ("slurm: {array_throttle: 1e10}", "slurm.array_throttle: Input should be less than or equal to 2147483647"),
+        ("slurm: {signal_lead_s: 1e9}", "slurm.signal_lead_s: Input should be less than or equal to 65535"),
+    ],
+)
+def test_absurd_numbers_are_one_line_errors_naming_the_field(tmp_path: Path, text: str, expected: str) -> None:
+    base = "name: t\n" + ("" if text.startswith("data") else "data: {size: 1000}\n")
+    msgs = load_errors(write(tmp_path, base + text + "\n"))
+    assert any(m.startswith(expected) for m in msgs), msgs
+    assert all(len(m) < 400 for m in msgs), "a 5000-digit value is shortened in the message"
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        (f"data.size={D5000}", "data.size: a number of 5000 characters is out of range"),
+        ("data.size=1e400", "data.size: out of range (got 1e400)"),
+        ("data.size=2.5e-1", "data.size: must be a whole number (got 2.5e-1)"),
+        ("timeout_s=1e400", "timeout_s: Input should be"),
+        (f"pinning=[[{D5000}]]", "pinning[0][0]: "),
+    ],
+)
+def test_absurd_numbers_in_set_are_one_line_errors(tmp_path: Path, item: str, expected: str) -> None:
+    msgs = load_errors(write(tmp_path, "name: t\ndata: {size: 10}\n"), [item])
+    assert any(m.startswith(expected) for m in msgs), msgs
+    assert all(len(m) < 400 for m in msgs)
+
+
+def test_giant_python_ints_are_one_line_errors() -> None:
+    """From Python (not YAML) an int may have more digits than repr() writes: messages must not call it."""
+    huge = 10**5000
+    for raw, field in [
+        (data(size=huge), "data.size"),
+        (spec(workers=huge), "workers"),
+        (spec(repeats=huge), "repeats"),
+    ]:
+        msgs = errors(raw)
+        assert any(m.startswith(f"{field}: ") for m in msgs), msgs
+        assert all(len(m) < 400 for m in msgs)
+
+
+def test_yaml_number_text_is_a_str_with_its_number() -> None:
+    from shmhpc.spec import NumberText, parse_value
+
+    v = parse_value("1e6", "--x")
+    assert isinstance(v, NumberText) and v == "1e6" and v.number == 1e6 and repr(v) == "1e6"
+    assert parse_value("-2.5E-3", "--x").number == -2.5e-3
+    assert parse_value(D5000, "--x").number is None
+    assert isinstance(parse_value("1.0e+6", "--x"), NumberText)  # YAML 1.1's float form too: kept as written
+    for plain in ("1e", "e6", "1e6x", "1.5", "12", "1:30:00", "'1e6'", ".inf"):
+        assert not isinstance(parse_value(plain, "--x"), NumberText), plain
+    assert parse_value("[1e6, 2]", "--x") == ["1e6", 2]
 
 
 # -- overrides -----------------------------------------------------------------------
