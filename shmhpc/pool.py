@@ -17,13 +17,15 @@ each case the run fails within seconds and the other workers are stopped.
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -39,7 +41,7 @@ from .shm import Segment
 from .signals import STOP_SIGNALS, blocked
 from .threads import environment, limit_threads, relevant_env
 
-__all__ = ["WorkerInit", "Pool"]
+__all__ = ["WorkerInit", "Pool", "fenced_output"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,100 @@ class WorkerInit:
 CTL_FIELDS = 4  # phase, round, chunk index, unused
 PHASE_IDLE, PHASE_LOAD, PHASE_RUN = 0, 1, 2
 _PHASES = {PHASE_IDLE: "idle", PHASE_LOAD: "load", PHASE_RUN: "repeat"}
+
+
+# Kernels are guests: what they hand back and print is bounded.
+MAX_STATE_BYTES = 16 << 20  # one chunk's partial state; a reduction returns a few numbers
+OUTPUT_LIMIT_BYTES = 64 << 10  # what one worker may print (prefixed, on the launcher's stderr)
+
+
+class StateTooLarge(Exception):
+    """A kernel's partial state is over ``MAX_STATE_BYTES``: not a reduction, and it would flood pipe and report."""
+
+
+def _state_bytes(state: Any, depth: int = 0) -> int:
+    """About how many bytes a partial state takes (arrays exactly; containers summed two levels deep)."""
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, (bytes, bytearray, str)):
+        return len(state)
+    if isinstance(state, (list, tuple, dict)):
+        items = list(state.values()) if isinstance(state, dict) else state
+        if depth >= 2 or len(items) > MAX_STATE_BYTES // 8:
+            return 8 * len(items)
+        return sum(_state_bytes(x, depth + 1) for x in items)
+    return 8
+
+
+class _WorkerOutput(io.TextIOBase):
+    """A worker's ``print``: on stderr, each line prefixed ``[worker N]``, at most ``limit`` bytes in all.
+
+    Worker output never reaches the launcher's stdout (``run --json`` stays valid JSON), and a kernel
+    that prints in a loop cannot fill a terminal or a batch log.
+    """
+
+    def __init__(self, label: str, fd: int = 2, limit: int = OUTPUT_LIMIT_BYTES) -> None:
+        super().__init__()
+        self.prefix, self.fd, self.left, self.partial = f"[{label}] ".encode(), fd, limit, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        *lines, self.partial = (self.partial + s).split("\n")
+        for line in lines:
+            self._emit(line)
+        if len(self.partial) > 4096:
+            self.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        if self.partial:
+            line, self.partial = self.partial, ""
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        if self.left <= 0:
+            return
+        data = self.prefix + line.encode(errors="replace") + b"\n"
+        if len(data) + 100 > self.left:
+            data = (
+                self.prefix
+                + f"... more output dropped (a worker prints at most {OUTPUT_LIMIT_BYTES >> 10} KiB)\n".encode()
+            )
+            self.left = 0
+        else:
+            self.left -= len(data)
+        try:
+            os.write(self.fd, data)
+        except OSError:
+            pass
+
+
+def _guard_output(rank: int) -> None:
+    """Native code writing to fd 1 goes to stderr too; Python's print goes through ``_WorkerOutput``."""
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        pass
+    sys.stdout = sys.stderr = _WorkerOutput(f"worker {rank}")
+
+
+@contextmanager
+def fenced_output(label: str) -> Iterator[None]:
+    """Kernel code run in the launcher (verification) prints like a worker: prefixed, bounded, on stderr."""
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    saved = sys.stdout, sys.stderr
+    try:
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr = out = _WorkerOutput(label)
+        yield
+        out.flush()
+    finally:
+        sys.stdout, sys.stderr = saved
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
 
 
 def ctl_bytes(n_workers: int) -> int:
@@ -134,24 +230,42 @@ class _Worker:
         ctl[:3] = (PHASE_IDLE, 0, -1)
         dt = time.perf_counter() - t0
         pages = page_nodes(seg.address() + lo * rb, (hi - lo) * rb)
+        self._read_only()
         return {"seconds": dt, "reserved_by": reserved_by, "pages": pages}
+
+    def _read_only(self) -> None:
+        """From now on kernels see data they cannot change: NumPy refuses writes, the MMU faults native ones."""
+        assert self.seg is not None and self.arr is not None  # set by setup()
+        if self.arr.flags.writeable:
+            self.seg.protect_read_only(self.init.ctl_offset)
+            self.arr.flags.writeable = False
 
     def run(self, index: int) -> dict:
         """One round: map every chunk we own; where each chunk finished."""
-        ctl, arr = self.ctl, self.arr
+        self._read_only()
+        ctl, arr, init = self.ctl, self.arr, self.init
         assert ctl is not None and arr is not None  # set by setup()
         self.phase = f"repeat {index}"
         states, secs, cpus = [], [], set()
         ctl[:3] = (PHASE_RUN, index, -1)
-        for ix, (a, b) in enumerate(self.init.chunks):
+        for ix, (a, b) in enumerate(init.chunks):
             self.chunk = ctl[2] = ix
             t0 = time.perf_counter()
-            states.append(self.kernel.map(arr[a:b]))
+            state = self.kernel.map(arr[a:b])
             secs.append(time.perf_counter() - t0)
+            if (n := _state_bytes(state)) > MAX_STATE_BYTES:
+                raise StateTooLarge(
+                    f"kernel {init.kernel!r} returned a partial state of {n / 1e6:,.1f} MB for one chunk; the limit "
+                    f"is {MAX_STATE_BYTES >> 20} MiB (a reduction returns a few numbers, not an array like its input)"
+                )
+            states.append(state)
             cpus.add(self.me.cpu_num())  # where this chunk finished (cheap: /proc/self/stat)
         self.chunk = None
         ctl[:3] = (PHASE_IDLE, index, -1)
-        return {"states": states, "seconds": secs, "cpus": sorted(cpus)}
+        reply: dict[str, Any] = {"states": states, "seconds": secs, "cpus": sorted(cpus)}
+        if init.pin and (now := os.sched_getaffinity(0)) != set(init.cpus):
+            reply["affinity"] = sorted(now)  # the kernel moved its worker (sched_setaffinity)
+        return reply
 
     def error(self, exc: BaseException) -> dict:
         """Everything the launcher needs to name the failure: rank, phase, chunk, exception, traceback."""
@@ -179,11 +293,15 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
     # is noticed by its orphaned workers, and Slurm's SIGKILL after KillWait still ends everything.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    _guard_output(init.rank)
     worker = _Worker(init)
     try:
         conn.send(("ok", worker.setup()))
         while True:
-            msg = conn.recv()
+            try:
+                msg = conn.recv()
+            except EOFError:  # the launcher went away
+                break
             if msg[0] == "stop":
                 break
             if msg[0] == "load":
@@ -192,9 +310,7 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
                 conn.send(("ok", worker.run(msg[1])))
             else:  # pragma: no cover - protocol error
                 raise RuntimeError(f"unknown command {msg[0]!r}")
-    except (EOFError, KeyboardInterrupt):
-        pass  # the launcher went away or asked us to stop
-    except BaseException as exc:  # report *everything* to the launcher, then exit
+    except BaseException as exc:  # report *everything* (KeyboardInterrupt, SystemExit too), then exit
         try:
             conn.send(("error", worker.error(exc)))
         except (OSError, ValueError):
@@ -211,10 +327,45 @@ def _describe_exit(code: int | None) -> str:
         return "is still running"
     if code < 0:
         try:
-            return f"was killed by {signal.Signals(-code).name}"
+            name = signal.Signals(-code).name
         except ValueError:
             return f"was killed by signal {-code}"
+        if name in ("SIGSEGV", "SIGBUS"):
+            # After loading the data is mapped read-only in every worker: a write faults.
+            return f"was killed by {name} (a write to the read-only shared array, or a crash in native code)"
+        return f"was killed by {name}"
+    if code == 0:
+        return "exited (status 0) without answering: its kernel ended the process (os._exit?)"
     return f"exited with status {code}"
+
+
+def _state_of(proc: Any) -> str:
+    """A worker's scheduler state as ``ps`` says it: running, sleeping, stopped, disk-sleep, zombie; or gone."""
+    import psutil
+
+    try:
+        return str(proc.status()) if proc is not None and proc.is_running() else "gone"
+    except psutil.Error:
+        return "gone"
+
+
+def _forkserver_dead() -> int | None:
+    """The pid of this process's fork server if it has died (killed), else None.
+
+    Its children's exit statuses come through it; when it dies, multiprocessing reports each
+    worker as "exit status 255" whatever the worker is doing.
+    """
+    from multiprocessing import forkserver
+
+    import psutil
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid is None:
+        return None
+    try:
+        return pid if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE else None
+    except psutil.NoSuchProcess:
+        return pid
 
 
 @dataclass
@@ -226,9 +377,14 @@ class Pool:
     timeout_s: float | None = None
     stop_flag: Any = None  # object with .signum (int or None) and .count, set by the launcher's signal handler
     ctl: np.ndarray | None = None  # (workers, CTL_FIELDS) int64 view of the control slots
+    stall_s: float | None = None  # say so when a worker finishes no chunk for this long
+    on_stall: Callable[[str], None] | None = None
     procs: list[Any] = field(default_factory=list)
     conns: list[Connection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    stalls: list[str] = field(default_factory=list)  # "no progress" lines, as they were said
+    killed: list[str] = field(default_factory=list)  # workers teardown had to kill, by rank and state
+    _ps: list[Any] = field(default_factory=list)  # psutil handles (pid reuse-safe), from the hellos
 
     def start(self, env: dict[str, str]) -> list[dict]:
         """Start every worker with ``env`` set (forkserver/spawn children inherit it) and wait for their hello."""
@@ -261,7 +417,16 @@ class Pool:
         for w in caught:
             # e.g. Python 3.12+: fork() of a multi-threaded launcher (OpenBLAS threads) may deadlock.
             self.warnings.append(f"{w.category.__name__}: {w.message}")
-        return self._gather(list(range(len(self.inits))), "start", None)
+        hello = self._gather(list(range(len(self.inits))), "start", None)
+        import psutil
+
+        self._ps = []
+        for h in hello:
+            try:
+                self._ps.append(psutil.Process(h["pid"]))
+            except psutil.Error:
+                self._ps.append(None)
+        return hello
 
     def __enter__(self) -> Pool:
         return self
@@ -303,7 +468,38 @@ class Pool:
     def _death(self, rank: int, phase: str) -> str:
         where = self._where(rank) or f" during {phase}"
         self.procs[rank].join(timeout=1.0)
-        return f"worker {rank} (pid {self.procs[rank].pid}) {_describe_exit(self.procs[rank].exitcode)}{where}"
+        code, pid = self.procs[rank].exitcode, self.procs[rank].pid
+        if self.start_method == "forkserver" and code == 255 and (server := _forkserver_dead()) is not None:
+            state = _state_of(self._ps[rank] if rank < len(self._ps) else None)
+            return (
+                f"the fork server (pid {server}) that started the workers died (killed?){where}: worker {rank} "
+                f"(pid {pid}, {state}) lost its link to the launcher"
+            )
+        return f"worker {rank} (pid {pid}) {_describe_exit(code)}{where}"
+
+    def _watch(self, ranks: list[int], seen: dict[int, tuple[tuple[int, ...], float]]) -> None:
+        """Say once per chunk when a worker has finished no chunk for ``stall_s``, and what state it is in."""
+        if self.stall_s is None or self.ctl is None:
+            return
+        now = time.monotonic()
+        for r in ranks:
+            where = tuple(int(x) for x in self.ctl[r, :3])
+            if r not in seen or seen[r][0] != where:
+                seen[r] = (where, now)
+                continue
+            since = seen[r][1]
+            if since >= 0 and now - since >= self.stall_s:
+                proc = self._ps[r] if r < len(self._ps) else None
+                state = _state_of(proc)
+                hint = f" (kill -CONT {self.procs[r].pid} resumes it)" if state == "stopped" else ""
+                msg = (
+                    f"worker {r} (pid {self.procs[r].pid}) has finished no chunk for {now - since:.0f} s"
+                    f"{self._where(r)}; it is {state}{hint}"
+                )
+                self.stalls.append(msg)
+                seen[r] = (where, -1.0)  # said once for this chunk
+                if self.on_stall is not None:
+                    self.on_stall(msg)
 
     def _interrupt_now(self, phase: str) -> bool:
         """Start-up and loading stop at the first signal; a repeat finishes unless a second signal comes."""
@@ -317,9 +513,11 @@ class Pool:
         pending = {self.conns[r]: r for r in ranks}
         sentinels = {self.procs[r].sentinel: r for r in ranks}
         deadline = None if timeout is None else time.monotonic() + timeout
+        seen: dict[int, tuple[tuple[int, ...], float]] = {}
         while pending:
             if self._interrupt_now(phase):
                 raise RunInterrupted(self.stop_flag.signum)
+            self._watch(sorted(pending.values()), seen)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             # Wake at least every 0.5 s so a signal to the launcher is acted on promptly.
             step = 0.5 if remaining is None else min(0.5, remaining)
@@ -352,7 +550,11 @@ class Pool:
         return results
 
     def close(self, grace_s: float = 2.0) -> None:
-        """Stop every worker: ask, then SIGTERM, then SIGKILL. Never raises."""
+        """Stop every worker: ask, wait ``grace_s`` in all, then SIGKILL (named in ``killed``). Never raises.
+
+        Bounded whatever the workers do: a stopped (SIGSTOP) or hung worker is killed, and one whose
+        fork server died is killed by its own pid (its process handle no longer knows it).
+        """
         for c in self.conns:
             try:
                 c.send(("stop",))
@@ -361,13 +563,30 @@ class Pool:
         deadline = time.monotonic() + grace_s
         for p in self.procs:
             p.join(timeout=max(0.0, deadline - time.monotonic()))
+        import psutil
+
+        for rank, p in enumerate(self.procs):
+            proc = self._ps[rank] if rank < len(self._ps) else None
+            alive = p.is_alive()
+            try:
+                alive = alive or (proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+            except psutil.Error:
+                pass
+            if not alive:
+                continue
+            self.killed.append(
+                f"worker {rank} (pid {p.pid}, {_state_of(proc)}) did not stop within {grace_s:g} s and was killed"
+            )
+            try:
+                if proc is not None:
+                    proc.kill()  # checks the pid still names our worker
+                else:
+                    p.kill()
+            except (psutil.Error, OSError):
+                pass
+        deadline = time.monotonic() + 1.0
         for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=1.0)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=1.0)
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
         for c in self.conns:
             c.close()
         for p in self.procs:
@@ -375,7 +594,7 @@ class Pool:
                 p.close()
             except ValueError:
                 pass
-        self.procs, self.conns = [], []
+        self.procs, self.conns, self._ps = [], [], []
 
 
 @contextmanager
@@ -403,4 +622,11 @@ def _format_worker_error(err: dict, pid: int | None) -> str:
     msg = f"{where} failed during {err['phase']}{chunk}: {err['type']}"
     if err.get("message"):
         msg += f": {err['message']}"
+    kind, text = err["type"], err.get("message") or ""
+    if kind == "KeyboardInterrupt":
+        msg += " (raised by the worker's own code: workers ignore Ctrl-C; the launcher stops them)"
+    elif kind == "SystemExit":
+        msg += " (the kernel called sys.exit)"
+    elif kind == "ValueError" and "read-only" in text:
+        msg += " (kernels get read-only chunks; copy one with np.array(chunk) to change it)"
     return msg

@@ -239,8 +239,10 @@ def summarize(report: dict, with_error: bool = True) -> str:
     if res:
         v = res.get("value")
         vs = f"{v:.10g}" if isinstance(v, float) else str(v)[:60]
-        if res.get("verified") is None:
-            check = "not verified"
+        if res.get("check") == "not meaningful" or (res.get("verified") is False and res.get("value_nonfinite")):
+            check = f"{'NOT VERIFIED' if res.get('verified') is None else 'VERIFICATION FAILED'}: {res.get('detail')}"
+        elif res.get("verified") is None:
+            check = "not verified" + ("; the result is not finite" if res.get("value_nonfinite") else "")
         else:
             check = (
                 f"{'verified' if res['verified'] else 'VERIFICATION FAILED'} (abs error {res.get('abs_error', 0):.3g}, "

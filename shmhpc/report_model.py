@@ -126,6 +126,7 @@ class Worker(_Section):
     cpus_requested: CpuList | None = None
     cpus_observed: CpuList | None = Field(None, description="read back inside the worker")
     cpus_ran_on: CpuList | None = Field(None, description="sampled each repeat")
+    cpus_moved_to: CpuList | None = Field(None, description="a pinned worker's CPUs after its kernel changed them")
     pinned_ok: bool | None = None
     node: int | None = None
     rows: list[int] | None = None
@@ -192,10 +193,14 @@ class Result(_Section):
     abs_error: float | None = None
     rel_error: float | None = None
     tolerance: float | None = None
-    verified: bool | None = Field(None, description="null when verification was off")
+    verified: bool | None = Field(None, description="null when verification was off or not meaningful")
+    check: str | None = Field(None, description="ok | failed | not meaningful (NaN/inf) | off")
     method: str | None = None
     count_ok: bool | None = None
     detail: str | None = None
+    nonfinite: dict[str, int] | None = Field(None, description="NaN, +inf, -inf in the data: nan, posinf, neginf")
+    value_nonfinite: int | None = Field(None, description="elements of the value that are NaN or inf")
+    reference_nonfinite: int | None = Field(None, description="elements of the reference that are NaN or inf")
 
 
 class Memory(_Section):

@@ -17,13 +17,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .allocation import slurm_allocation
 from .contention import ContentionProbe
+from .cpulist import format_cpulist
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
 from .kernels import state_count
 from .outputs import Output, OutputError, check_output
 from .placement import Plan
 from .planning import Prepared, check_runnable_here, check_slurm_step, prepare, report_path_for
+from .pool import fenced_output
 from .progress import NullProgress
 from .report import REPORT_VERSION, host_info, now_stamp, stats, write_report
 from .session import RunSession
@@ -31,7 +35,7 @@ from .shm import default_shm_dir, find_stale, remove_stale
 from .signals import StopSignals
 from .spec import JobSpec
 from .topology import Topology
-from .verify import verify
+from .verify import count_nonfinite_values, describe_nonfinite, verify
 
 __all__ = ["run_job"]
 
@@ -116,7 +120,12 @@ def run_job(
             for line in sweep_stale_segments(shm_dir):
                 progress.phase(line)
                 report["warnings"].append(line)
-            with RunSession(prep, shm_dir=shm_dir, stop=flag) as session:
+
+            def stalled(line: str) -> None:
+                progress.phase(f"warning: {line}")
+                report["warnings"].append(line)
+
+            with RunSession(prep, shm_dir=shm_dir, stop=flag, on_stall=stalled) as session:
                 seg = session.segment
                 report["segment"] = {"name": seg.name, "dir": shm_dir, "size_bytes": seg.size} if seg else None
                 _start(session, report, timings, progress)
@@ -132,8 +141,10 @@ def run_job(
         exit_code = _record_failure(report, exc)
     finally:
         progress.close()
-    if session is not None and session.teardown_s is not None:
-        timings["teardown_s"] = session.teardown_s
+    if session is not None:
+        if session.teardown_s is not None:
+            timings["teardown_s"] = session.teardown_s
+        report["warnings"].extend(session.killed)
     _finish(report, timings, time.perf_counter() - t_start, exit_code)
     if write and not keep_existing:
         _write(report, spec, out, report_path)
@@ -228,6 +239,12 @@ def _rounds(session: RunSession, report: dict, timings: dict, progress: NullProg
                 w["repeat_s"].append(sum(rep["seconds"]))
                 w["chunk_s"].append(rep["seconds"])
                 w["cpus_ran_on"] = sorted(set(w["cpus_ran_on"]) | set(rep["cpus"]))
+                if rep.get("affinity") is not None and "cpus_moved_to" not in w:
+                    w["cpus_moved_to"] = rep["affinity"]
+                    report["warnings"].append(
+                        f"worker {w['rank']} was pinned to CPUs {format_cpulist(w['cpus_requested'])} but its kernel "
+                        f"moved it to {format_cpulist(rep['affinity'])}: its timings are not those of the plan"
+                    )
     probe.stop()
     probe.check_others()
     report["contention"], lines = probe.result()
@@ -247,6 +264,7 @@ def _result(session: RunSession, report: dict, timings: dict, progress: NullProg
     }
     state = session.combine(replies)
     value = prep.kernel.finalize(state)
+    _check_value(spec.kernel, value, state)
     report["bandwidth"] = _bandwidth(prep.data.nbytes, timings["repeat_s"])
     session.stop_workers()  # the workers are done; the segment stays for verification
     result: dict[str, Any] = {"kernel": spec.kernel, "accumulate": spec.accumulate, "value": value}
@@ -256,21 +274,54 @@ def _result(session: RunSession, report: dict, timings: dict, progress: NullProg
         result.update(_verify(session, value, state))
         timings["verify_s"] = time.perf_counter() - t0
         result["value"] = value
-    else:
+    else:  # the data is not scanned; the result is small, its NaN/inf are counted
         result.update({"reference": None, "abs_error": None, "rel_error": None, "verified": None})
+        result.update({"check": "off", "value_nonfinite": count_nonfinite_values(value)})
     report["result"] = result
-    if spec.verify and not result["verified"]:
+    if result.get("check") == "failed":
         detail = result.get("detail") or ""
         raise RunError(
             f"verification failed: {spec.kernel} = {value!r}, reference {result.get('reference')!r}, "
             f"abs error {result.get('abs_error')!r} > tolerance {result.get('tolerance')!r}"
             + (f" ({detail})" if detail else "")
         )
+    nonfinite = describe_nonfinite(result, prep.data.n_elements)
+    if nonfinite and spec.on_nonfinite == "fail":
+        raise RunError(f"non-finite values (on_nonfinite: fail): {nonfinite}")
+    if nonfinite:
+        checked = {
+            "ok": "value and reference are finite and agree",
+            "not meaningful": "NOT VERIFIED: a comparison with a reference means nothing",
+            "off": "not verified (verify: false: the data was not scanned)",
+        }[result["check"]]
+        report["warnings"].append(f"non-finite values: {nonfinite}; {checked} (on_nonfinite: fail would fail the run)")
+
+
+MAX_RESULT_VALUES = 100_000  # a reduction's result; the report and the summary hold all of it
+
+
+def _check_value(kernel: str, value: Any, state: Any) -> None:
+    """A result the report can hold and verification can compare: bounded, and numbers within float64."""
+    n = state.size if isinstance(state, np.ndarray) else int(np.size(value)) if isinstance(value, list) else 1
+    if n > MAX_RESULT_VALUES:
+        raise RunError(
+            f"kernel {kernel!r} returned {n:,} values; a result holds at most {MAX_RESULT_VALUES:,} "
+            "(a reduction makes its input smaller; write large outputs to a file yourself)"
+        )
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise RunError(
+                f"kernel {kernel!r} returned an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits; "
+                "results are compared and reported as float64 numbers (at most about 1.8e308)"
+            ) from None
 
 
 def _verify(session: RunSession, value: Any, state: Any) -> dict[str, Any]:
     prep = session.prep
-    with session.array() as arr:  # the view lives in this function only, so the segment can be unmapped
+    # The view lives in this function only, so the segment can be unmapped; the kernel's prints are fenced.
+    with session.array() as arr, fenced_output("verify"):
         return verify(
             prep.kernel,
             value,

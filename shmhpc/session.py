@@ -17,7 +17,7 @@ worker (where each worker writes which chunk it is in, so a death can be located
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,6 +47,9 @@ class RunSession:
         waits for workers wake up to act on it.
     start_method, timeout_s:
         Default to the spec's.
+    on_stall:
+        Called with a line when a worker has finished no chunk for the spec's ``stall_warning_s``
+        (the lines are kept in ``stalls`` too).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class RunSession:
         stop: Any = None,
         start_method: str | None = None,
         timeout_s: float | None = None,
+        on_stall: Callable[[str], None] | None = None,
     ) -> None:
         self.prep = prep
         self.shm_dir = shm_dir or default_shm_dir()
@@ -66,7 +70,10 @@ class RunSession:
         self.segment: Segment | None = None
         self.pool: Pool | None = None
         self.hello: list[dict] = []  # what each worker reported at start (pid, CPUs, thread pools)
+        self.on_stall = on_stall
         self.warnings: list[str] = []
+        self.stalls: list[str] = []  # "no progress" lines said during the rounds
+        self.killed: list[str] = []  # workers teardown had to kill, with their state
         self.start_s: float | None = None
         self.teardown_s: float | None = None
         self._ctl_offset = 0
@@ -117,7 +124,10 @@ class RunSession:
             self.timeout_s,
             stop_flag=self.stop,
             ctl=seg.view(np.int64, (len(inits), CTL_FIELDS), self._ctl_offset),
+            stall_s=spec.stall_warning_s,
+            on_stall=self.on_stall,
         )
+        self.stalls = self.pool.stalls
         t0 = time.perf_counter()
         try:
             self.hello = self.pool.start(env)
@@ -133,6 +143,7 @@ class RunSession:
         t0 = time.perf_counter()
         self.pool.close()
         self.teardown_s = time.perf_counter() - t0
+        self.killed.extend(self.pool.killed)
         self.pool.ctl = None  # drop the view so the mapping can be closed
         self.pool = None
 
@@ -179,6 +190,7 @@ class RunSession:
     def array(self) -> Iterator[np.ndarray]:
         """The whole shared array in this process, for the block only (a live view blocks unmapping)."""
         arr = self._segment().array(self.prep.data.dtype, self.prep.data.shape)
+        arr.flags.writeable = False  # kernels read; a reference computed here sees the data the workers saw
         try:
             yield arr
         finally:

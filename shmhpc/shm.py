@@ -222,6 +222,22 @@ class Segment:
             os.close(fd)
         return "posix_fallocate"
 
+    def protect_read_only(self, length: int) -> None:
+        """Make the first ``length`` bytes (a multiple of the page size) read-only in this process.
+
+        ``mprotect(2)``: a later write through any view, from Python or native code, faults (SIGSEGV)
+        instead of changing shared data. The rest of the mapping (the control slots) stays writable.
+        """
+        import ctypes
+
+        if length <= 0:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if libc.mprotect(self.address(), length, mmap.PROT_READ) != 0:
+            err = ctypes.get_errno()
+            raise RunError(f"cannot make segment {self.name} read-only: {os.strerror(err)}")
+
     def address(self) -> int:
         """Virtual address of the mapping in this process (for page-location queries)."""
         import ctypes

@@ -456,6 +456,11 @@ class JobSpec(_Model):
     repeats: Annotated[int, Field(strict=True, ge=1, le=1_000_000), BeforeValidator(_whole)] = Field(5)
     warmup: Annotated[int, Field(strict=True, ge=0, le=1_000_000), BeforeValidator(_whole)] = Field(1)
     verify: bool = Field(True, description="check the result against an independent single-process computation")
+    on_nonfinite: Literal["warn", "fail"] = Field(
+        "warn",
+        description="NaN/inf in the data (scanned when verify is on) or in the result: warn (the run passes,"
+        " not verified, with a warning giving the counts) | fail (the run fails)",
+    )
     start_method: Literal["fork", "forkserver", "spawn"] = Field("forkserver")
     report: Annotated[str, Field(min_length=1)] = Field(
         "reports/{name}.json",
@@ -463,6 +468,13 @@ class JobSpec(_Model):
     )
     timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False), BeforeValidator(_number)] | None = (
         Field(None, description="fail the run if one phase (load or one repeat) takes longer")
+    )
+    stall_warning_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False), BeforeValidator(_number)] = (
+        Field(
+            60.0,
+            description="say (on the terminal and in the report) when a worker has finished no chunk for this long, "
+            "and whether it is stopped, sleeping or running; the run goes on (timeout_s ends it)",
+        )
     )
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 

@@ -179,6 +179,61 @@ def test_second_signal_stops_a_long_repeat_at_once(tmp_path, no_leak):
 # -- a launcher that dies without cleaning up ------------------------------------------------------
 
 
+# -- stuck workers ------------------------------------------------------------------------------
+
+
+def test_a_stopped_worker_without_timeout_is_said_with_its_state(tmp_path, no_leak):
+    """No timeout_s: the run goes on, but says on the terminal and in the report which worker is stuck, and how."""
+    spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=50, stall_warning_s=1)
+    proc = _start(spec)
+    try:
+        _first_report_repeat(proc, tmp_path)
+        worker = _workers_of(proc.pid)[0]
+        worker.suspend()  # SIGSTOP
+        _wait_for(lambda: "has finished no chunk for" in _stderr(tmp_path), timeout=30, what="the stall warning")
+        line = next(x for x in _stderr(tmp_path).splitlines() if "has finished no chunk for" in x)
+        assert f"(pid {worker.pid})" in line and "it is stopped" in line and f"kill -CONT {worker.pid}" in line
+        assert proc.poll() is None  # not a failure: no timeout_s
+        worker.resume()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "interrupted"
+    assert any("has finished no chunk for" in w and "it is stopped" in w for w in rep["warnings"])
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "fork"])
+def test_quick_ctrl_cs_with_a_stopped_worker_end_bounded_and_name_it(tmp_path, start_method, no_leak):
+    """A stopped worker cannot answer 'stop': teardown kills it, names it, and nothing hangs at exit."""
+    spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=50, start_method=start_method)
+    proc = _start(spec)
+    try:
+        _first_report_repeat(proc, tmp_path)
+        worker = _workers_of(proc.pid)[0]
+        worker.suspend()
+        t0 = time.monotonic()
+        for _ in range(4):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, _stderr(tmp_path)
+    assert took < 15
+    assert _segments_of(proc.pid) == []
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "interrupted"
+    assert any(f"(pid {worker.pid}, stopped) did not stop within" in w and "was killed" in w for w in rep["warnings"])
+    assert _exited(worker)
+
+
 @pytest.mark.slow
 def test_sigkilled_launcher_leftovers_are_found_and_cleaned(tmp_path, no_leak):
     spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=100)

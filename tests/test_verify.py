@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 from fractions import Fraction
 from pathlib import Path
 
@@ -60,10 +61,12 @@ DATA = rng.standard_normal(40_000) * 5 + 2
 def test_report_is_json_and_complete():
     report = check("mean", DATA)
     assert set(report) == {
-        "kernel", "value", "reference", "abs_error", "rel_error", "tolerance", "verified", "method", "count_ok",
-        "detail",
+        "kernel", "value", "reference", "abs_error", "rel_error", "tolerance", "check", "verified", "method",
+        "count_ok", "detail", "nonfinite", "value_nonfinite", "reference_nonfinite",
     }  # fmt: skip
-    assert report["verified"]
+    assert report["verified"] is True and report["check"] == "ok"
+    assert report["nonfinite"] == {"nan": 0, "posinf": 0, "neginf": 0}
+    assert report["value_nonfinite"] == report["reference_nonfinite"] == 0
     assert report["count_ok"] is True
     assert report["detail"] == ""
     assert "fsum" in report["method"]
@@ -153,16 +156,112 @@ def test_min_max_must_be_exact():
         assert "exact match required" in bad["detail"]
 
 
-def test_nan_in_data_counts_as_verified_when_both_are_nan():
+def test_nan_in_data_is_not_meaningful_never_verified():
     a = DATA.copy()
     a[123] = np.nan
-    for name in ("sum", "mean", "max", "var", "norm2"):
+    for name in ("sum", "mean", "min", "max", "var", "std", "norm2"):
         report = check(name, a)
-        assert report["verified"], report
-        assert "NaN" in report["detail"]
+        assert report["check"] == "not meaningful", report
+        assert report["verified"] is None
+        assert report["nonfinite"] == {"nan": 1, "posinf": 0, "neginf": 0}
+        assert report["value_nonfinite"] == report["reference_nonfinite"] == 1
+        assert report["detail"] == ("the data has 1 NaN value (of 40,000); a comparison with a reference means nothing")
+    # a value that disagrees with the NaN reference is still a failure, not "not meaningful"
     report = check("sum", a, value=1.0)
-    assert not report["verified"]
+    assert report["check"] == "failed" and report["verified"] is False
     assert "reference nan" in report["detail"]
+
+
+def test_nonfinite_data_is_counted_by_kind_and_a_finite_check_still_counts():
+    a = DATA.copy()
+    a[[1, 2, 3]] = np.nan
+    a[10] = np.inf
+    a[[20, 21]] = -np.inf
+    report = check("sum", a)
+    assert report["nonfinite"] == {"nan": 3, "posinf": 1, "neginf": 2}
+    assert report["detail"].startswith("the data has 3 NaN, 1 +inf and 2 -inf values (of 40,000);")
+    assert report["verified"] is None
+    # min over data holding +inf is finite and compared exactly: a real check, and the counts are still there
+    b = DATA.copy()
+    b[10] = np.inf
+    low = check("min", b)
+    assert low["check"] == "ok" and low["verified"] is True
+    assert low["nonfinite"] == {"nan": 0, "posinf": 1, "neginf": 0}
+    assert check("min", b, value=float(np.nextafter(low["value"], np.inf)))["verified"] is False
+    # max is +inf on both sides: equal infinities prove nothing
+    high = check("max", b)
+    assert high["check"] == "not meaningful" and high["verified"] is None
+
+
+def test_count_nonfinite_in_blocks_without_a_full_size_temporary(monkeypatch):
+    a = np.ones(10_000_000, dtype=np.float32)  # 40 MB
+    a[[0, 4_194_303, 4_194_304, 9_999_999]] = [np.nan, np.inf, -np.inf, np.nan]  # on both sides of a block edge
+    tracemalloc.start()
+    try:
+        counts = verify_mod.count_nonfinite(a)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counts == {"nan": 2, "posinf": 1, "neginf": 1}
+    assert peak < 2 * verify_mod._SCAN_BLOCK  # one 4 MiB boolean buffer, not a 10 MB mask or a copy
+    monkeypatch.setattr(verify_mod, "_SCAN_BLOCK", 7)  # blocks of 7: the last one short
+    b = np.array([[1.0, np.nan, 3.0], [np.inf, 5.0, 6.0], [7.0, 8.0, -np.inf], [np.nan, 1.0, 2.0]])
+    assert verify_mod.count_nonfinite(b) == {"nan": 2, "posinf": 1, "neginf": 1}
+    assert verify_mod.count_nonfinite(np.arange(10)) is None  # integers are always finite: not scanned
+    assert verify_mod.count_nonfinite(np.empty(0)) == {"nan": 0, "posinf": 0, "neginf": 0}
+
+
+def test_count_nonfinite_values_of_results():
+    count = verify_mod.count_nonfinite_values
+    assert (count(1.5), count(math.nan), count(-math.inf), count(2**2000)) == (0, 1, 1, 0)
+    assert count([1.0, math.nan]) == 1
+    assert count([[1.0, math.nan], [math.inf, 2.0]]) == 2
+    assert count("text") is None
+
+
+def test_float32_overflow_of_finite_data_fails_as_a_nonfinite_result():
+    a = np.full(1000, 3e38, dtype=np.float32)  # finite; the sum is 3e41, past float32's 3.4e38
+    for name in ("sum", "mean", "norm2"):
+        native = check(name, a, "native")
+        assert native["value"] == math.inf
+        assert native["check"] == "failed" and native["verified"] is False
+        assert native["value_nonfinite"] == 1 and native["reference_nonfinite"] == 0
+        assert native["nonfinite"] == {"nan": 0, "posinf": 0, "neginf": 0}
+        assert "value inf but reference" in native["detail"]
+        assert check(name, a, "float64")["verified"] is True  # accumulated in float64 it fits
+
+
+def test_overflow_on_both_sides_is_not_meaningful():
+    a = np.full(4, 1e308)  # finite float64 data whose sum overflows float64 in both value and reference
+    report = check("sum", a, nchunks=2)
+    assert report["value"] == report["reference"] == math.inf
+    assert report["check"] == "not meaningful" and report["verified"] is None
+    assert report["detail"] == (
+        "the result is inf, as in the reference, from finite data; a comparison with a reference means nothing"
+    )
+
+
+def test_a_tolerance_that_accepts_anything_is_not_meaningful(tmp_path, monkeypatch):
+    (tmp_path / "ukern_loose.py").write_text(
+        "import numpy as np\n\ndef f(chunk):\n    return float(np.sum(chunk))\n\nf.rtol = 1e300\n"
+    )
+    k = make_kernel("ukern_loose:f", search_path=[str(tmp_path)])
+    monkeypatch.delitem(__import__("sys").modules, "ukern_loose")
+    a = np.full(10, 1e10)
+    report = verify(k, 12345.0, a, accumulate="float64", chunk_sizes=[5, 5], count=None)  # far off, finite
+    assert report["tolerance"] == math.inf
+    assert report["check"] == "not meaningful" and report["verified"] is None
+    assert report["detail"].startswith("the tolerance is inf: it would accept any value")
+
+
+def test_describe_nonfinite():
+    describe = verify_mod.describe_nonfinite
+    assert describe({"nonfinite": {"nan": 0, "posinf": 0, "neginf": 0}, "value_nonfinite": 0}, 10) is None
+    assert describe({"nonfinite": None, "value_nonfinite": 0, "check": "ok"}, 10) is None
+    both = {"nonfinite": {"nan": 1234, "posinf": 0, "neginf": 1}, "value": math.nan, "value_nonfinite": 1}
+    assert describe(both, 300_000) == "the data has 1,234 NaN and 1 -inf values (of 300,000); the result is nan"
+    listed = {"value": [1.0, math.inf, math.nan], "value_nonfinite": 2, "check": "off"}
+    assert describe(listed, 5) == "2 of 3 result elements are NaN or inf"
 
 
 def test_integer_overflow_fails_native_and_passes_float64():
