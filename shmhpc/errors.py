@@ -48,8 +48,18 @@ class RunInterrupted(ShmhpcError):
     """The launcher was asked to stop (SIGINT/SIGTERM) between rounds."""
 
     def __init__(self, signum: int):
-        import signal
 
         self.signum = signum
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        super().__init__(f"interrupted by {signal_name(signum)}")
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM``; real-time signals as ``SIGRTMIN+3`` (the enum names only the first and the last)."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", None)
+        return f"SIGRTMIN+{signum - rtmin}" if rtmin is not None and signum > rtmin else f"signal {signum}"

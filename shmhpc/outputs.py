@@ -98,7 +98,7 @@ def check_output(
     if allow_stdout and str(path) == STDOUT:
         return Output(what, None)
     p = Path(path)
-    if str(path) == "" or p.name in ("", ".", ".."):
+    if str(path) == "" or (not folder and p.name in ("", ".", "..")):
         raise OutputError(f"{what}: {str(path)!r} is not a file name")
     st = _lstat(p, what)
     if st is not None:

@@ -1,10 +1,13 @@
 """Stop signals for the launcher: record them, act between units of work, restore handlers after.
 
 SIGINT (Ctrl-C), SIGTERM (``scancel``, the batch system), SIGUSR1 (Slurm's usual ``--signal``
-warning before the time limit), SIGHUP (a closed terminal or a dropped SSH session), and the other
-signals whose default action would kill the launcher without a report and leave its segment behind
-(SIGQUIT, SIGUSR2, SIGXCPU from a CPU-time limit, SIGPWR) all mean "stop soon, keep what finished".
-SIGALRM, SIGPROF and SIGVTALRM are left to timers and profilers; SIGPIPE is already ignored by Python.
+warning before the time limit), SIGHUP (a closed terminal or a dropped SSH session), and every other
+catchable signal whose default action would kill the launcher without a report and leave its segment
+behind (signal(7): SIGQUIT, SIGUSR2, SIGXCPU from a CPU-time limit, SIGPWR, SIGALRM, SIGVTALRM,
+SIGPROF, SIGIO, SIGSTKFLT and the real-time signals) all mean "stop soon, keep what finished".
+Not here: SIGKILL/SIGSTOP (cannot be caught), SIGPIPE and SIGXFSZ (Python ignores them, so writes
+fail with an error instead), and the fault signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT,
+SIGSYS, SIGTRAP: raised by the faulting code itself, where a handler cannot resume).
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ from .errors import RunInterrupted
 
 __all__ = ["STOP_SIGNALS", "StopSignals", "blocked"]
 
-STOP_SIGNALS = tuple(
-    getattr(signal, name)
-    for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP", "SIGQUIT", "SIGUSR2", "SIGXCPU", "SIGPWR")
-    if hasattr(signal, name)
+_NAMED = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP", "SIGQUIT", "SIGUSR2", "SIGXCPU", "SIGPWR")
+_TIMERS_AND_IO = ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGSTKFLT")
+_REALTIME = (
+    range(signal.SIGRTMIN, signal.SIGRTMAX + 1) if hasattr(signal, "SIGRTMIN") and hasattr(signal, "SIGRTMAX") else ()
+)
+STOP_SIGNALS: tuple[int, ...] = tuple(
+    dict.fromkeys(  # SIGIO is SIGPOLL: one entry each
+        [int(getattr(signal, n)) for n in _NAMED + _TIMERS_AND_IO if hasattr(signal, n)] + list(_REALTIME)
+    )
 )
 
 

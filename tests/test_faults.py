@@ -16,6 +16,7 @@ import psutil
 import pytest
 from conftest import TWO, load_json, mounted_tmpfs, our_segments, run_cli, small_spec, start_cli
 
+from shmhpc.errors import signal_name
 from shmhpc.signals import STOP_SIGNALS
 
 SHM = Path("/dev/shm")
@@ -105,7 +106,26 @@ def test_worker_sigkilled_from_outside_mid_run(tmp_path, no_leak):
 # -- signals to the launcher ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+# Every named one, and the real-time range by its ends and one inside (33 runs of the same path otherwise).
+SIGNALS_TRIED = [s for s in STOP_SIGNALS if s < signal.SIGRTMIN] + [
+    signal.SIGRTMIN,
+    signal.SIGRTMIN + 3,
+    signal.SIGRTMAX,
+]
+
+
+def test_every_catchable_terminating_signal_is_a_stop_signal():
+    """signal(7): all whose default is Term or Core, minus the uncatchable, the ones Python ignores and the faults."""
+    default_ignore_or_stop = {"SIGCHLD", "SIGCONT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGWINCH", "SIGSTOP"}
+    uncatchable, python_ignores = {"SIGKILL", "SIGSTOP"}, {"SIGPIPE", "SIGXFSZ"}
+    faults = {"SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGSYS", "SIGTRAP"}
+    left_out = default_ignore_or_stop | uncatchable | python_ignores | faults
+    expected = {int(s) for s in signal.valid_signals() if signal_name(int(s)) not in left_out}
+    assert set(STOP_SIGNALS) == expected
+    assert signal_name(signal.SIGRTMIN + 3) == "SIGRTMIN+3"
+
+
+@pytest.mark.parametrize("sig", SIGNALS_TRIED, ids=signal_name)
 def test_signal_stops_between_repeats_and_reports_what_finished(sig, tmp_path, no_leak):
     spec = small_spec(tmp_path, kernel="bad_kernels:slow", repeats=100, chunks_per_worker=1)
     proc = _start(spec)
@@ -119,10 +139,11 @@ def test_signal_stops_between_repeats_and_reports_what_finished(sig, tmp_path, n
     assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err
     rep = load_json(tmp_path / "reports" / "t.json")
-    assert rep["status"] == "interrupted" and sig.name in rep["error"]
+    assert rep["status"] == "interrupted" and rep["error"] == f"interrupted by {signal_name(sig)}"
     done = rep["timings"]["repeat_s"]
     assert 0 < len(done) < 100, "the repeats that finished are kept"
     assert rep["timings"]["repeat"]["median"] > 0
+    assert len(rep["bandwidth"]["gbps_per_repeat"]) == len(done) and rep["bandwidth"]["gbps"]["median"] > 0
     assert all(len(w["repeat_s"]) == len(done) for w in rep["workers"])
     assert not _segments_of(proc.pid)
 

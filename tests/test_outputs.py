@@ -274,3 +274,10 @@ def test_slurm_render_output_dir_never_writes_through_a_link(tmp_path):
     out = run_cli("slurm", "render", str(spec), "--cpus-per-task", "2", "-o", str(out_dir), cwd=tmp_path)
     assert out.returncode == 2 and "is a symbolic link, not a regular file" in out.stderr, out.stderr
     assert (tmp_path / "precious").read_text() == "keep\n"
+
+
+def test_the_current_folder_is_a_folder_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_output(".", what="slurm.log_dir", folder=True).path == Path(".")
+    with pytest.raises(OutputError, match="is not a file name"):
+        check_output(".", what="report")

@@ -104,3 +104,11 @@ def test_summary_sweep_and_compare_show_a_duration_alike():
     _, rows = summary_rows({"vary": [], "runs": [{**run, "report": "r.json", "reason": None}]})
     assert "412.00 µs" in rows[0]
     assert format_value(Sample(values=[s], center=s, stdev=None, mean=s, n=1), "s") == "412.00 µs"
+
+
+def test_summary_never_claims_zero_bandwidth():
+    """A run stopped after some repeats shows their GB/s; a report without any says so instead of 0.00."""
+    base = {"job": {"name": "j"}, "status": "interrupted", "timings": {"repeat_s": [0.01, 0.02], "repeat": {}}}
+    assert "GB/s not measured" in summarize(base) and "0.00 GB/s" not in summarize(base)
+    with_bw = {**base, "bandwidth": {"gbps": {"median": 6.25}}}
+    assert "6.25 GB/s median" in summarize(with_bw)
