@@ -186,6 +186,35 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import ceiling_path, format_bench, parse_size, run_bench
+    from .outputs import check_output, write_text
+    from .report import report_json
+
+    topo = _read_topology(args)
+    workers = None
+    if args.workers is not None:
+        try:
+            workers = parse_cpulist(args.workers)
+        except ValueError as exc:
+            raise SpecError(f"--workers: {exc}") from None
+        if not workers or workers[0] < 1:
+            raise SpecError(f"--workers: {args.workers!r}; allowed: worker counts from 1, e.g. 1-4 or 1,2,4")
+    target = check_output(ceiling_path(), what="--save", overwrite=True, make_parents=True) if args.save else None
+    result = run_bench(
+        topo,
+        array_bytes=parse_size(args.size) if args.size else None,
+        workers=workers,
+        pinning=args.pinning,
+        iterations=args.iterations,
+        progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
+    )
+    print(report_json(result), end="") if args.json else print(format_bench(result))
+    if target is not None:
+        print(f"saved: {write_text(target, report_json(result))} (runs on this host report their share of it)")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .report_model import report_json_schema
     from .spec import json_schema
@@ -268,6 +297,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     p.add_argument("--shm-dir", metavar="DIR", help="shared-memory directory (default /dev/shm or $SHMHPC_SHM_DIR)")
     p.set_defaults(func=cmd_clean)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure this machine's memory bandwidth ceiling (STREAM kernels in shmhpc's pinned pool)",
+        description="Three float64 arrays (each >= 4x the last-level cache) in shared memory, first-touched by "
+        "pinned workers; read, copy, scale, add and triad for each worker count; the best rate after the first "
+        "iteration, the median and the spread, bytes counted as STREAM does and, separately, with "
+        "write-allocate. --save keeps it for this host: runs then report their GB/s as a share of it.",
+    )
+    p.add_argument("--size", metavar="BYTES", help="bytes per array, e.g. 512M or 2G (default: 4x LLC, >= 64 MiB)")
+    p.add_argument(
+        "--workers", metavar="LIST", help="worker counts, e.g. 1-4 or 1,2,4 (default: 1 to the usable cores)"
+    )
+    p.add_argument(
+        "--pinning",
+        default="compact",
+        choices=["compact", "scatter", "none"],
+        help="placement policy (default compact)",
+    )
+    p.add_argument("--iterations", type=int, default=10, help="rounds of the five kernels; the first is discarded")
+    p.add_argument("--save", action="store_true", help="keep the result as this host's ceiling (~/.cache/shmhpc)")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _topology_args(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
         "schema",

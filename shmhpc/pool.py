@@ -63,6 +63,9 @@ class WorkerInit:
     search_path: tuple[str, ...] = ()
     segment_size: int = 0  # data, padded to a page, then the control slots
     ctl_offset: int = 0  # byte offset of the control slots
+    # ``bench``: this worker's element range [lo, hi) in each of the three STREAM arrays a, b, c that
+    # fill the data (float64, ``data.shape == (3 * n,)``); None for a normal job.
+    stream: tuple[int, int] | None = None
 
 
 # Control slots: one row of int64 per worker, written by the worker before each
@@ -71,6 +74,10 @@ CTL_FIELDS = 4  # phase, round, chunk index, unused
 PHASE_IDLE, PHASE_LOAD, PHASE_RUN = 0, 1, 2
 _PHASES = {PHASE_IDLE: "idle", PHASE_LOAD: "load", PHASE_RUN: "repeat"}
 
+
+# bench: STREAM's scalar, and triad's block (in L2: the product never goes to memory).
+STREAM_SCALAR = 3.0
+STREAM_BLOCK = 1 << 15
 
 # Kernels are guests: what they hand back and print is bounded.
 MAX_STATE_BYTES = 16 << 20  # one chunk's partial state; a reduction returns a few numbers
@@ -216,6 +223,8 @@ class _Worker:
         """Reserve (first-touch) our pages, then fill our rows chunk by chunk."""
         init, seg, ctl = self.init, self.seg, self.ctl
         assert seg is not None and ctl is not None and self.arr is not None  # set by setup()
+        if init.stream is not None:
+            return self._load_stream()
         self.phase = "load"
         t0 = time.perf_counter()
         lo, hi = init.rows
@@ -233,10 +242,53 @@ class _Worker:
         self._read_only()
         return {"seconds": dt, "reserved_by": reserved_by, "pages": pages}
 
+    # -- bench: STREAM's kernels over this worker's part of a, b, c ---------------------------------
+    def _abc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        assert self.arr is not None and self.init.stream is not None
+        n = self.arr.size // 3
+        lo, hi = self.init.stream
+        return self.arr[lo:hi], self.arr[n + lo : n + hi], self.arr[2 * n + lo : 2 * n + hi]
+
+    def _load_stream(self) -> dict:
+        """First touch of our part of each array by this pinned worker, with STREAM's start values."""
+        assert self.seg is not None and self.arr is not None and self.init.stream is not None
+        self.phase = "load"
+        t0 = time.perf_counter()
+        n = self.arr.size // 3
+        lo, hi = self.init.stream
+        for k, (arr, value) in enumerate(zip(self._abc(), (1.0, 2.0, 0.0))):
+            self.seg.reserve((k * n + lo) * 8, (hi - lo) * 8)
+            arr[:] = value
+        pages = page_nodes(self.seg.address() + lo * 8, (hi - lo) * 8)
+        return {"seconds": time.perf_counter() - t0, "reserved_by": "stream", "pages": pages}
+
+    def stream(self, op: str) -> float:
+        """One STREAM kernel over our part; its seconds. Blocked so ``triad`` moves 24 bytes per element, not 40."""
+        a, b, c = self._abc()
+        self.phase = f"bench {op}"
+        t0 = time.perf_counter()
+        if op == "read":
+            np.dot(a, a)  # BLAS ddot of a with itself: one load stream, vectorised (np.sum is slower per core)
+        elif op == "copy":
+            np.copyto(c, a)
+        elif op == "scale":
+            np.multiply(c, STREAM_SCALAR, out=b)
+        elif op == "add":
+            np.add(a, b, out=c)
+        elif op == "triad":
+            tmp = np.empty(STREAM_BLOCK)
+            for i in range(0, a.size, STREAM_BLOCK):
+                t = tmp[: min(STREAM_BLOCK, a.size - i)]
+                np.multiply(c[i : i + STREAM_BLOCK], STREAM_SCALAR, out=t)  # in cache
+                np.add(b[i : i + STREAM_BLOCK], t, out=a[i : i + STREAM_BLOCK])
+        else:  # pragma: no cover - protocol error
+            raise RuntimeError(f"unknown bench kernel {op!r}")
+        return time.perf_counter() - t0
+
     def _read_only(self) -> None:
         """From now on kernels see data they cannot change: NumPy refuses writes, the MMU faults native ones."""
         assert self.seg is not None and self.arr is not None  # set by setup()
-        if self.arr.flags.writeable:
+        if self.arr.flags.writeable and self.init.stream is None:  # bench writes its arrays on purpose
             self.seg.protect_read_only(self.init.ctl_offset)
             self.arr.flags.writeable = False
 
@@ -308,6 +360,8 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
                 conn.send(("ok", worker.load()))
             elif msg[0] == "run":
                 conn.send(("ok", worker.run(msg[1])))
+            elif msg[0] == "stream":
+                conn.send(("ok", worker.stream(msg[1])))
             else:  # pragma: no cover - protocol error
                 raise RuntimeError(f"unknown command {msg[0]!r}")
     except BaseException as exc:  # report *everything* (KeyboardInterrupt, SystemExit too), then exit
@@ -444,6 +498,13 @@ class Pool:
         self._broadcast(("run", index))
         replies = self._gather(list(range(len(self.inits))), f"repeat {index}", self.timeout_s)
         return time.perf_counter() - t0, replies
+
+    def stream_round(self, op: str) -> tuple[float, list[float]]:
+        """``bench``: every worker runs STREAM kernel ``op`` on its part; (wall seconds, each worker's seconds)."""
+        t0 = time.perf_counter()
+        self._broadcast(("stream", op))
+        replies = self._gather(list(range(len(self.inits))), f"bench {op}", self.timeout_s)
+        return time.perf_counter() - t0, [float(r) for r in replies]  # type: ignore[arg-type]
 
     def _broadcast(self, msg: tuple) -> None:
         for rank, c in enumerate(self.conns):

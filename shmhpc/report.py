@@ -190,6 +190,15 @@ def now_stamp(precise: bool = False) -> str:
     return f"{base}.{int(t % 1 * 1000):03d}Z" if precise else f"{base}Z"
 
 
+def _share_of_ceiling(gbps: float | None, bw: dict) -> str:
+    """``, 87 % of this machine's measured ceiling (30.1 GB/s, bench read, 2 workers)`` when one is known."""
+    ceiling, src = bw.get("ceiling_gbps"), bw.get("ceiling") or {}
+    if gbps is None or not ceiling:
+        return ""
+    how = f", bench {src['kernel']}, {src['workers']} worker{'s' * (src['workers'] != 1)}" if src.get("workers") else ""
+    return f", {100 * gbps / ceiling:.0f} % of this machine's measured ceiling ({ceiling:.1f} GB/s{how})"
+
+
 def summarize(report: dict, with_error: bool = True) -> str:
     """A short human summary: where workers ran, median time, GB/s, verified or not.
 
@@ -230,6 +239,7 @@ def summarize(report: dict, with_error: bool = True) -> str:
             f"  repeat: median {format_seconds(rep.get('median'))} over {len(t['repeat_s'])} "
             f"(min {format_seconds(rep.get('min'))}), "
             + (f"{gbps:.2f} GB/s median" if gbps is not None else "GB/s not measured")
+            + _share_of_ceiling(gbps, bw)
         )
         lines.append(
             f"  phases: pool start {format_seconds(t.get('pool_start_s'))}, load {format_seconds(t.get('load_s'))}, "

@@ -181,6 +181,9 @@ class Bandwidth(_Section):
     gbps_per_repeat: list[Finite] | None = None
     gbps: GbpsStats | None = None
     ceiling_gbps: Finite | None = Field(None, description="the machine's measured bandwidth, when known")
+    ceiling: dict[str, Any] | None = Field(
+        None, description="where ceiling_gbps comes from: shmhpc bench --save (kernel, workers, measured_at)"
+    )
 
 
 class Result(_Section):

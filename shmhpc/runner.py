@@ -265,7 +265,7 @@ def _result(session: RunSession, report: dict, timings: dict, progress: NullProg
     state = session.combine(replies)
     value = prep.kernel.finalize(state)
     _check_value(spec.kernel, value, state)
-    report["bandwidth"] = _bandwidth(prep.data.nbytes, timings["repeat_s"])
+    report["bandwidth"] = _bandwidth(prep.data.nbytes, timings["repeat_s"], len(prep.plan.workers))
     session.stop_workers()  # the workers are done; the segment stays for verification
     result: dict[str, Any] = {"kernel": spec.kernel, "accumulate": spec.accumulate, "value": value}
     if spec.verify:
@@ -337,7 +337,9 @@ def _finish(report: dict, timings: dict, total_s: float, exit_code: int) -> None
     if timings.get("repeat_s"):
         timings["repeat"] = stats(timings["repeat_s"])
         if "bandwidth" not in report and report.get("data"):  # a run stopped after some repeats
-            report["bandwidth"] = _bandwidth(report["data"]["nbytes"], timings["repeat_s"])
+            report["bandwidth"] = _bandwidth(
+                report["data"]["nbytes"], timings["repeat_s"], len(report.get("workers") or []) or 1
+            )
     report["timings"] = timings
     report["exit_code"] = exit_code
 
@@ -401,13 +403,22 @@ def _planned_cpus(plan: Plan) -> list[tuple[int, ...]]:
     return [w.cpus if plan.pinned else plan.usable for w in plan.workers]
 
 
-def _bandwidth(nbytes: int, repeat_s: list[float]) -> dict[str, Any]:
-    """Bytes the kernel reads per repeat (the array once) and the GB/s that makes."""
+def _bandwidth(nbytes: int, repeat_s: list[float], workers: int) -> dict[str, Any]:
+    """Bytes the kernel reads per repeat (the array once), the GB/s that makes, and this host's ceiling.
+
+    The ceiling is ``shmhpc bench --save``'s best read rate for this many workers (or the most
+    measured below it), counted the same way (bytes read once per repeat).
+    """
+    from .bench import ceiling_for, load_ceiling
+
     gbps = [nbytes / s / 1e9 for s in repeat_s if s > 0]
+    ceiling = ceiling_for(workers, load_ceiling())
     return {
         "bytes_per_repeat": nbytes,
         "gbps_per_repeat": gbps,
         "gbps": {"median": statistics.median(gbps) if gbps else None, "max": max(gbps) if gbps else None},
+        "ceiling_gbps": ceiling["gbps"] if ceiling else None,
+        "ceiling": ceiling,
     }
 
 

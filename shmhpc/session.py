@@ -50,6 +50,9 @@ class RunSession:
     on_stall:
         Called with a line when a worker has finished no chunk for the spec's ``stall_warning_s``
         (the lines are kept in ``stalls`` too).
+    stream:
+        ``bench``: the data (float64, ``3 * n`` elements) is STREAM's arrays a, b, c; each worker owns
+        the same page-aligned slice of all three and first-touches it.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class RunSession:
         start_method: str | None = None,
         timeout_s: float | None = None,
         on_stall: Callable[[str], None] | None = None,
+        stream: bool = False,
     ) -> None:
         self.prep = prep
         self.shm_dir = shm_dir or default_shm_dir()
@@ -71,6 +75,7 @@ class RunSession:
         self.pool: Pool | None = None
         self.hello: list[dict] = []  # what each worker reported at start (pid, CPUs, thread pools)
         self.on_stall = on_stall
+        self.stream = stream
         self.warnings: list[str] = []
         self.stalls: list[str] = []  # "no progress" lines said during the rounds
         self.killed: list[str] = []  # workers teardown had to kill, with their state
@@ -98,6 +103,7 @@ class RunSession:
         """
         prep, spec, seg = self.prep, self.prep.spec, self._segment()
         env = thread_env(spec.threads_per_worker)
+        parts = _stream_parts(prep.data.n_elements // 3, len(prep.plan.workers)) if self.stream else None
         inits = [
             WorkerInit(
                 rank=w.rank,
@@ -115,6 +121,7 @@ class RunSession:
                 search_path=prep.search_path,
                 segment_size=seg.size,
                 ctl_offset=self._ctl_offset,
+                stream=parts[w.rank] if parts else None,
             )
             for w in prep.plan.workers
         ]
@@ -174,6 +181,10 @@ class RunSession:
         """One round: every worker reduces its chunks. Returns (wall seconds, per-worker replies)."""
         return self._running().run_round(index)
 
+    def stream_round(self, op: str) -> tuple[float, list[float]]:
+        """``bench``: every worker runs STREAM kernel ``op`` once; (wall seconds, each worker's seconds)."""
+        return self._running().stream_round(op)
+
     def combine(self, replies: list[dict]) -> Any:
         """Merge one round's chunk states in row order: the result does not depend on who answered first."""
         states = sorted(
@@ -195,3 +206,9 @@ class RunSession:
             yield arr
         finally:
             del arr
+
+
+def _stream_parts(n: int, workers: int, align: int = 512) -> list[tuple[int, int]]:
+    """Split ``n`` elements into ``workers`` ranges, cut on 4 KiB (512 float64) boundaries: one owner per page."""
+    cuts = [min(n, (n * r // workers) // align * align) for r in range(workers)] + [n]
+    return [(cuts[r], cuts[r + 1]) for r in range(workers)]
