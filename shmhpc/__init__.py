@@ -4,8 +4,9 @@ The few names a user imports::
 
     from shmhpc import load_spec, read_topology, prepare, RunSession, run_job, read_report
 
-``run_job``, ``RunSession`` and ``prepare`` are imported on first use, so that planning
-(``shmhpc plan``, ``validate``) never loads the pool, the shared-memory code or signal handling.
+Every name but the errors is imported on first use (PEP 562), so ``python -m shmhpc`` pays only
+for what its command needs: ``clean`` never loads pydantic, planning never loads the pool, and a
+run never builds the report model it does not read.
 """
 
 from __future__ import annotations
@@ -16,18 +17,32 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .errors import RunError, ShmhpcError, SpecError
-from .placement import plan_job
-from .report import load_report, read_report
-from .report_model import RunReport
-from .spec import JobSpec, load_spec, spec_from_dict
-from .topology import Topology, read_topology
 
 if TYPE_CHECKING:
+    from .placement import plan_job
     from .planning import Prepared, prepare
+    from .report import load_report, read_report
+    from .report_model import RunReport
     from .runner import run_job
     from .session import RunSession
+    from .spec import JobSpec, load_spec, spec_from_dict
+    from .topology import Topology, read_topology
 
-_LAZY = {"run_job": ".runner", "RunSession": ".session", "prepare": ".planning", "Prepared": ".planning"}
+_LAZY = {
+    "run_job": ".runner",
+    "RunSession": ".session",
+    "prepare": ".planning",
+    "Prepared": ".planning",
+    "plan_job": ".placement",
+    "load_report": ".report",
+    "read_report": ".report",
+    "RunReport": ".report_model",
+    "JobSpec": ".spec",
+    "load_spec": ".spec",
+    "spec_from_dict": ".spec",
+    "Topology": ".topology",
+    "read_topology": ".topology",
+}
 
 __all__ = [
     "JobSpec",

@@ -14,19 +14,19 @@ import socket
 import statistics
 import time
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .allocation import cpu_bind_type
 from .cpulist import format_cpulist
 from .errors import SpecError
 from .outputs import Output, write_text
-from .report_model import RunReport, describe_validation_error
 from .tables import format_seconds
 from .threads import relevant_env
 from .topology import read_text
+
+if TYPE_CHECKING:  # the model (pydantic) is built only where a report is read: a run only writes one
+    from .report_model import RunReport
 
 __all__ = [
     "REPORT_VERSION",
@@ -148,6 +148,10 @@ def as_run_report(source: str, report: Any, *, strict: bool = True) -> RunReport
     ``source`` names it in messages (a file name). ``strict=False`` accepts what the runner holds
     before writing (tuples for lists, numpy scalars); a file is always read strictly.
     """
+    from pydantic import ValidationError
+
+    from .report_model import RunReport, describe_validation_error
+
     if isinstance(report, RunReport):
         return report
     if isinstance(report, dict) and "version" in report:
@@ -181,6 +185,14 @@ def check_run_report(source: str, report: Any) -> None:
             raise SpecError(f"{source}: malformed report: no '{key}' object; is this a shmhpc run report?")
     if not isinstance(report.get("status"), str):
         raise SpecError(f"{source}: malformed report: no 'status'; is this a shmhpc run report?")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunReport":  # re-exported, built on first use
+        from .report_model import RunReport
+
+        return RunReport
+    raise AttributeError(f"module 'shmhpc.report' has no attribute {name!r}")
 
 
 def now_stamp(precise: bool = False) -> str:

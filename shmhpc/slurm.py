@@ -25,11 +25,12 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RunError, SpecError
-from .placement import cpus_needed
-from .spec import JobSpec, policy_slug
+
+if TYPE_CHECKING:  # the spec model (pydantic) loads only when a command renders: `shmhpc --help` stays quick
+    from .spec import JobSpec
 
 __all__ = [
     "TEMPLATES",
@@ -209,6 +210,8 @@ def resolve_resources(
     errors: list[str] = []
     notes: list[str] = []
     specs = [c.spec for c in configs] or [spec]
+    from .placement import cpus_needed
+
     needs = [(cpus_needed(x.pinning, x.workers, x.threads_per_worker), x) for x in specs]
     known = [(n, x) for n, x in needs if n is not None]
     unknown = [x for n, x in needs if n is None]
@@ -451,6 +454,8 @@ def _render_run(
     report = _with_job_in_name(spec.report)
     settings["REPORT"] = report
     policy = "none" if template == "unpinned" else _policy(spec)
+    from .spec import policy_slug
+
     known = {"name": spec.name, "pinning": policy_slug(policy)}
     if spec.workers != "auto":  # auto: the machine decides, at run time
         known["workers"] = str(spec.workers)
