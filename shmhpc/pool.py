@@ -159,8 +159,12 @@ def _guard_output(rank: int) -> None:
 @contextmanager
 def fenced_output(label: str) -> Iterator[None]:
     """Kernel code run in the launcher (verification) prints like a worker: prefixed, bounded, on stderr."""
-    sys.stdout.flush()
-    saved_fd = os.dup(1)
+    try:
+        sys.stdout.flush()
+        saved_fd = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # stdout closed (`>&-`, sys.stdout None): nothing to protect
+        yield
+        return
     saved = sys.stdout, sys.stderr
     try:
         os.dup2(2, 1)

@@ -179,3 +179,24 @@ def test_a_killed_fork_server_is_named_and_its_workers_killed(tmp_path, no_leak)
     assert f"the fork server (pid {fs.pid}) that started the workers died (killed?)" in rep["error"], rep["error"]
     assert "status 255" not in rep["error"]
     assert psutil.wait_procs(workers, timeout=5)[1] == []  # none left running
+
+
+def test_a_run_with_stdout_closed_still_verifies(tmp_path, no_leak):
+    """`shmhpc run … >&-` (a cron line, a closed pipe): fencing kernel output must not need a stdout."""
+    import subprocess
+    import sys
+
+    spec = small_spec(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "SHMHPC_SYSFS_ROOT"}
+    out = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m shmhpc run "$1" -q >&-', sys.executable, str(spec)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    rep = load_json(tmp_path / "reports" / "t.json")
+    assert rep["status"] == "ok" and rep["result"]["verified"] is True
