@@ -91,7 +91,6 @@ def cmd_render(args: argparse.Namespace) -> int:
         from .outputs import check_output, write_text
 
         out = check_output(args.output_dir, what="--output-dir", folder=True)
-        assert out.path is not None
         # A re-render replaces the scripts of an earlier one (regular files only, as everywhere).
         targets = [
             check_output(out.path / f"{rendered.name}-{s.template}.sbatch", what="--output-dir", overwrite=True)

@@ -34,7 +34,7 @@ from .errors import SpecError
 
 __all__ = ["Output", "OutputError", "check_output", "write_text", "write_with", "STDOUT"]
 
-STDOUT = "-"
+STDOUT = "-"  # `--report -`: the CLI prints the report itself; nothing here writes to stdout
 
 
 class OutputError(SpecError):
@@ -43,15 +43,11 @@ class OutputError(SpecError):
 
 @dataclass(frozen=True)
 class Output:
-    """A checked output location. ``path is None`` means standard output."""
+    """A checked output location."""
 
     what: str  # how the user named it: "report", "--out", "-o"
-    path: Path | None
+    path: Path
     overwrite: bool = False
-
-    @property
-    def to_stdout(self) -> bool:
-        return self.path is None
 
 
 _KINDS = [
@@ -85,7 +81,6 @@ def check_output(
     overwrite: bool = False,
     make_parents: bool = False,
     folder: bool = False,
-    allow_stdout: bool = False,
     exists_hint: str = "pass --force to replace it",
 ) -> Output:
     """Check an output location before any work; returns it ready for ``write_text``.
@@ -95,8 +90,6 @@ def check_output(
     docs say so); otherwise a missing parent is an error. ``exists_hint`` ends the message for
     an existing file when ``overwrite`` is false.
     """
-    if allow_stdout and str(path) == STDOUT:
-        return Output(what, None)
     p = Path(path)
     if str(path) == "" or (not folder and p.name in ("", ".", "..")):
         raise OutputError(f"{what}: {str(path)!r} is not a file name")
@@ -173,8 +166,6 @@ def write_text(out: Output | str | os.PathLike[str], text: str, overwrite: bool 
 def write_with(out: Output | str | os.PathLike[str], fill: Callable, overwrite: bool = False) -> Path:
     """Like ``write_text`` with ``fill(binary_file)`` producing the content (a figure's ``savefig``)."""
     if isinstance(out, Output):
-        if out.path is None:
-            raise ValueError("standard output is written by the caller")
         p, overwrite = out.path, out.overwrite or overwrite
     else:
         p = Path(out)

@@ -90,7 +90,6 @@ def check_image_output(out: str | Path) -> Output:
 
 def _save(fig: Any, out: str | Path | Output) -> Path:
     target = out if isinstance(out, Output) else check_image_output(out)
-    assert target.path is not None
     fmt = target.path.suffix.lstrip(".").lower()
     return write_with(target, lambda f: fig.savefig(f, format=fmt, dpi=120))
 

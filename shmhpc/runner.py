@@ -357,7 +357,6 @@ def _write(report: dict, spec: JobSpec, out: Output | None, report_path: str | N
             out = check_output(path, what="report", make_parents=True)
         except OutputError as exc:
             return _unsaved(report, str(exc))
-    assert out.path is not None
     report["report_path"] = str(out.path)
     try:
         report["report_path"] = str(write_report(report, out))
