@@ -97,6 +97,7 @@ def run_settings(report: RunReport | dict[str, Any], source: str = "report") -> 
         "numa.partition": job.numa.partition if job.numa else None,
         "chunks_per_worker": job.chunks_per_worker,
         "accumulate": job.accumulate,
+        "engine": r.result.engine if r.result is not None else None,
         "repeats": job.repeats,
         "warmup": job.warmup,
         "data source": " ".join(
@@ -121,6 +122,7 @@ LABEL_KEYS = {
     "numa.partition": "partition=",
     "chunks_per_worker": "chunks=",
     "accumulate": "acc=",
+    "engine": "",
     "repeats": "repeats=",
     "placement": "cpus=",
 }

@@ -261,7 +261,9 @@ def _load_user(spec: str, search_path: list[str]) -> _UserKernel:
     return cls(spec, target, search_path, rtol, atol)
 
 
-def make_kernel(spec: str, accumulate: str = "float64", search_path: list[str] | None = None) -> Kernel:
+def make_kernel(
+    spec: str, accumulate: str = "float64", search_path: list[str] | None = None, engine: str = "numpy"
+) -> Kernel:
     """Build a kernel from its spec.
 
     Parameters
@@ -290,6 +292,9 @@ def make_kernel(spec: str, accumulate: str = "float64", search_path: list[str] |
         Directories put in front of ``sys.path`` (those not already there)
         while the user's module is imported, then removed again; a job's own
         directory goes here so that ``example_kernels:f`` resolves.
+    engine : {"numpy", "numba"}
+        For built-ins: what sums the chunks (:mod:`shmhpc.fastsum`); ``numba``
+        applies to sum and mean over float32/float64 data. Ignored by user kernels.
 
     Returns
     -------
@@ -314,7 +319,7 @@ def make_kernel(spec: str, accumulate: str = "float64", search_path: list[str] |
     if not isinstance(spec, str):
         raise SpecError(f"kernel: {spec!r} is not a string")
     if spec in BUILTINS:
-        return builtin_kernel(spec, accumulate)
+        return builtin_kernel(spec, accumulate, engine)
     module_name, colon, attr_path = spec.partition(":")
     if not colon or not _MODULE_RE.match(module_name) or not _ATTR_RE.match(attr_path):
         raise _unknown(spec)

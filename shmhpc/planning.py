@@ -16,6 +16,7 @@ from .allocation import slurm_allocation, slurm_job_label, step_cpu_problem
 from .cpulist import format_cpulist
 from .data import DataInfo, describe_data
 from .errors import SpecError
+from .fastsum import choose_engine
 from .kernels import make_kernel
 from .placement import Plan, cpus_needed, plan_job
 from .report import now_stamp
@@ -35,6 +36,8 @@ class Prepared:
     topology: Topology
     search_path: tuple[str, ...]
     kernel: Any
+    engine: str = "numpy"  # what sums built-in sum/mean (shmhpc.fastsum.choose_engine)
+    engine_reason: str = ""
 
 
 def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] = ".") -> Prepared:
@@ -65,9 +68,23 @@ def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] 
         kernel = make_kernel(spec.kernel, spec.accumulate, list(search_path))
     except SpecError as exc:
         errors.extend(exc.messages)
+    engine, engine_reason = "numpy", ""
+    if data is not None and plan is not None and kernel is not None:
+        try:
+            engine, engine_reason = choose_engine(
+                spec.engine,
+                spec.kernel,
+                data.dtype,
+                data.nbytes // max(1, len(plan.workers)),
+                spec.warmup + spec.repeats,
+            )
+        except ValueError as exc:
+            errors.append(str(exc))
+        if engine != "numpy":
+            kernel = make_kernel(spec.kernel, spec.accumulate, list(search_path), engine)
     if errors or data is None or plan is None:
         raise SpecError(errors)
-    return Prepared(spec, data, plan, topology, search_path, kernel)
+    return Prepared(spec, data, plan, topology, search_path, kernel, engine, engine_reason)
 
 
 def report_path_for(

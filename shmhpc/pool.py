@@ -61,6 +61,7 @@ class WorkerInit:
     kernel: str
     accumulate: str
     search_path: tuple[str, ...] = ()
+    engine: str = "numpy"  # built-in kernels: numpy | numba (see shmhpc.fastsum)
     segment_size: int = 0  # data, padded to a page, then the control slots
     ctl_offset: int = 0  # byte offset of the control slots
     # ``bench``: this worker's element range [lo, hi) in each of the three STREAM arrays a, b, c that
@@ -210,7 +211,9 @@ class _Worker:
         self.seg = Segment.attach(init.segment, init.segment_size, init.shm_dir)
         self.arr = self.seg.array(init.data.dtype, init.data.shape)
         self.ctl = self.seg.view(np.int64, (CTL_FIELDS,), init.ctl_offset + init.rank * CTL_FIELDS * 8)
-        self.kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path))
+        self.kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path), init.engine)
+        if (warm := getattr(self.kernel, "prepare", None)) is not None:
+            warm()  # e.g. import numba and load its compiled loop now, not inside the first timed round
         return {
             "rank": init.rank,
             "pid": os.getpid(),

@@ -270,7 +270,8 @@ def summarize(report: dict, with_error: bool = True) -> str:
                 f"{'verified' if res['verified'] else 'VERIFICATION FAILED'} (abs error {res.get('abs_error', 0):.3g}, "
                 f"rel {res.get('rel_error', 0):.3g}, tolerance {res.get('tolerance', 0):.3g})"
             )
-        lines.append(f"  result: {res.get('kernel')} = {vs}, {check}")
+        engine = " [numba]" if res.get("engine") == "numba" else ""  # numpy is the default: not worth a word
+        lines.append(f"  result: {res.get('kernel')}{engine} = {vs}, {check}")
     for w in report.get("warnings") or []:
         lines.append(f"  warning: {w}")
     if report.get("report_path"):

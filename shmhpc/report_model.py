@@ -191,6 +191,8 @@ class Result(_Section):
 
     kernel: str | None = None
     accumulate: str | None = None
+    engine: str | None = Field(None, description="what summed the chunks: numpy | numba (built-in sum/mean)")
+    engine_reason: str | None = Field(None, description="why that engine (engine: auto decides by the data read)")
     value: Any = None
     reference: Any = None
     abs_error: float | None = None

@@ -268,6 +268,7 @@ def _result(session: RunSession, report: dict, timings: dict, progress: NullProg
     report["bandwidth"] = _bandwidth(prep.data.nbytes, timings["repeat_s"], len(prep.plan.workers))
     session.stop_workers()  # the workers are done; the segment stays for verification
     result: dict[str, Any] = {"kernel": spec.kernel, "accumulate": spec.accumulate, "value": value}
+    result.update({"engine": prep.engine, "engine_reason": prep.engine_reason})
     if spec.verify:
         progress.phase("verifying against a single-process reference")
         t0 = time.perf_counter()

@@ -119,6 +119,7 @@ class RunSession:
                 kernel=spec.kernel,
                 accumulate=spec.accumulate,
                 search_path=prep.search_path,
+                engine=prep.engine,
                 segment_size=seg.size,
                 ctl_offset=self._ctl_offset,
                 stream=parts[w.rank] if parts else None,

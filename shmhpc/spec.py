@@ -453,6 +453,12 @@ class JobSpec(_Model):
     accumulate: Literal["float64", "native"] = Field(
         "float64", description="float64 (accurate) | native (the array's dtype, numpy's pairwise sum: fastest)"
     )
+    engine: Literal["auto", "numpy", "numba"] = Field(
+        "auto",
+        description="what sums the built-in sum/mean over float32/float64 data: numba (float64 lanes at memory"
+        " speed; pip install 'shmhpc[fast]') | numpy | auto (numba when installed and the job reads enough"
+        " data to repay its ~0.4 s start)",
+    )
     repeats: Annotated[int, Field(strict=True, ge=1, le=1_000_000), BeforeValidator(_whole)] = Field(5)
     warmup: Annotated[int, Field(strict=True, ge=0, le=1_000_000), BeforeValidator(_whole)] = Field(1)
     verify: bool = Field(True, description="check the result against an independent single-process computation")

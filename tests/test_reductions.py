@@ -288,4 +288,6 @@ def test_builtin_kernels_pickle_into_every_start_method(method):
 
 def test_builtin_pickles_by_name_through_the_registry():
     reduced = make_kernel("var", "native").__reduce__()
-    assert reduced == (reductions.builtin_kernel, ("var", "native"))
+    assert reduced == (reductions.builtin_kernel, ("var", "native", "numpy"))
+    fast = make_kernel("sum", "float64", engine="numba")
+    assert pickle.loads(pickle.dumps(fast)).engine == "numba"  # noqa: S301  (our own bytes)
