@@ -58,7 +58,15 @@ def _load(args: argparse.Namespace, path: str) -> JobSpec:
     return load_spec(path, getattr(args, "set", None) or None)
 
 
+def _launcher() -> None:
+    """This process will start workers: keep it single-threaded, so they can be forked from it."""
+    from .threads import import_numpy_single_threaded
+
+    import_numpy_single_threaded()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _launcher()
     from .outputs import STDOUT
     from .progress import make_progress
     from .report import report_json, summarize
@@ -162,7 +170,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .shm import SegmentCheck, check_segments, default_shm_dir, remove_stale
+    from .shm import SegmentCheck, check_segments, default_shm_dir, remove_stale, segment_dirs
 
     shm_dir = args.shm_dir or default_shm_dir()
     checks = check_segments(shm_dir)
@@ -172,7 +180,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         return f"{s.size_bytes / 1e6:,.1f} MB" + (f", Slurm job {s.slurm_job}" if s.slurm_job else "")
 
     if not stale:
-        print(f"no stale shmhpc segments of yours in {shm_dir}")
+        print(f"no stale shmhpc segments of yours in {', '.join(segment_dirs(shm_dir))}")
     else:
         done = stale if args.dry_run else remove_stale(stale)
         verb = "would remove" if args.dry_run else "removed"
@@ -187,6 +195,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    _launcher()
     from .bench import ceiling_path, format_bench, parse_size, run_bench
     from .outputs import check_output, write_text
     from .report import report_json
@@ -292,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove shared-memory segments left by shmhpc launchers of yours that died",
         description="Finds segments named shmhpc-u<your uid>-p<pid>-… whose launcher pid is no longer running "
         "(or was reused by a newer process) and removes them. Never touches another user's segments or those "
-        "of a run in progress.",
+        "of a run in progress. Looks in the shared-memory directory and on every hugetlbfs mount.",
     )
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     p.add_argument("--shm-dir", metavar="DIR", help="shared-memory directory (default /dev/shm or $SHMHPC_SHM_DIR)")

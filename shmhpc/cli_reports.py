@@ -74,7 +74,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .cli import _read_topology
+    from .cli import _launcher, _read_topology
+
+    _launcher()
     from .sweep import run_sweep, text_summary
 
     summary, code = run_sweep(

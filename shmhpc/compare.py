@@ -60,6 +60,12 @@ def _checked(reports: Reports) -> list[tuple[str, RunReport]]:
     return [(src, as_run_report(src, r)) for src, r in reports]
 
 
+def _start_method(r: RunReport) -> str | None:
+    """The start method the workers were started with: ``fork (auto)`` when ``auto`` chose fork."""
+    asked, used = r.job.start_method, r.pool.start_method if r.pool is not None else None
+    return asked if used is None or used == asked else f"{used} ({asked})"
+
+
 def _policy(r: RunReport) -> str:
     p: str | list[list[int]] | None = r.plan.policy if r.plan else None
     if p is None:
@@ -93,7 +99,7 @@ def run_settings(report: RunReport | dict[str, Any], source: str = "report") -> 
         "workers": len(plan.workers) if plan is not None and plan.workers is not None else job.workers,
         "threads_per_worker": job.threads_per_worker,
         "placement": _placement_text(r),
-        "start_method": job.start_method,
+        "start_method": _start_method(r),
         "numa.partition": job.numa.partition if job.numa else None,
         "chunks_per_worker": job.chunks_per_worker,
         "accumulate": job.accumulate,

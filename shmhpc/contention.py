@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from .cpulist import format_cpulist
-from .shm import parse_segment_name
+from .shm import parse_segment_name, segment_dirs
 
 __all__ = ["ContentionProbe", "parse_proc_stat", "load_fractions", "other_runs", "contention_warnings"]
 
@@ -158,15 +158,22 @@ def _cpus_of_run(pid: int) -> list[int]:
 
 
 def other_runs(shm_dir: str, our_cpus: list[int], me: int | None = None) -> list[dict[str, Any]]:
-    """Live shmhpc launchers other than ``me`` with a segment in ``shm_dir``, their CPUs and the overlap."""
+    """Live shmhpc launchers other than ``me`` with a segment in ``shm_dir`` (or on a hugetlbfs mount), their
+    CPUs and the overlap."""
     me = os.getpid() if me is None else me
     found: list[dict[str, Any]] = []
-    for name in sorted(os.listdir(shm_dir)):
+    segments = [(shm_dir, name) for name in sorted(os.listdir(shm_dir))]
+    for d in segment_dirs(shm_dir)[1:]:  # hugetlbfs mounts: one we cannot list holds no run we could see
+        try:
+            segments.extend((d, name) for name in sorted(os.listdir(d)))
+        except OSError:
+            continue
+    for d, name in segments:
         owner = parse_segment_name(name)
         if owner is None or owner.pid == me:
             continue
         try:
-            created = os.lstat(os.path.join(shm_dir, name)).st_ctime
+            created = os.lstat(os.path.join(d, name)).st_ctime
             if psutil.Process(owner.pid).create_time() > created + 1.0:
                 continue  # the pid now belongs to a later process: that run is dead
             cpus = _cpus_of_run(owner.pid)

@@ -468,12 +468,25 @@ def _align_rows(row_bytes: int, page_bytes: int) -> int:
 HUGE_PAGE_MIN_SEGMENT = 2 << 20
 
 
-def _boundaries(n_rows: int, n: int, row_bytes: int, topology: Topology) -> tuple[int, int, list[str]]:
+def _boundaries(
+    n_rows: int, n: int, row_bytes: int, topology: Topology, segment_page_bytes: int | None = None
+) -> tuple[int, int, list[str]]:
     """(rows per alignment unit, its bytes, warnings): huge pages when the segment gets them and every worker
-    still owns a whole one, else base pages."""
+    still owns a whole one, else base pages.
+
+    ``segment_page_bytes`` is the segment's page size when it is known before the segment exists: a
+    hugetlbfs file has pages of its mount's size whatever the data's size (its mappings come in whole
+    huge pages), and with huge pages off the segment has base pages. Otherwise shared memory's
+    transparent huge pages decide (``topology.huge_page_bytes``, for segments that ask for them).
+    """
     base = topology.page_bytes
-    huge = topology.huge_page_bytes
-    if huge and huge > base and n_rows * row_bytes >= HUGE_PAGE_MIN_SEGMENT:
+    if segment_page_bytes is not None:
+        huge: int | None = segment_page_bytes
+        big_enough = True
+    else:
+        huge = topology.huge_page_bytes
+        big_enough = n_rows * row_bytes >= HUGE_PAGE_MIN_SEGMENT
+    if huge and huge > base and big_enough:
         align = _align_rows(row_bytes, huge)
         if n_rows // align >= n:
             return align, huge, []
@@ -510,12 +523,14 @@ def plan_job(
     chunks_per_worker: int,
     partition: bool = True,
     oversubscribe: bool = False,
+    segment_page_bytes: int | None = None,
 ) -> Plan:
     """Plan a job: CPU sets, nodes, NUMA partitions and chunks (rows along axis 0).
 
     Partitions are contiguous row ranges, one per NUMA node that has workers,
     sized by its worker count; each worker owns a contiguous slice of its node's
-    partition, cut into ``chunks_per_worker`` chunks.
+    partition, cut into ``chunks_per_worker`` chunks. ``segment_page_bytes``: the segment's page size
+    when known in advance (a hugetlbfs segment, or huge pages off); worker boundaries fall on it.
     """
     sets, pinned, label, warnings = resolve_cpus(pinning, workers, threads_per_worker, topology, oversubscribe)
     n = len(sets)
@@ -540,7 +555,7 @@ def plan_job(
         order = sorted(range(n), key=lambda r: (nodes[r], r))
     else:
         order = list(range(n))
-    align, align_bytes, more = _boundaries(n_rows, n, row_bytes, topology)
+    align, align_bytes, more = _boundaries(n_rows, n, row_bytes, topology, segment_page_bytes)
     warnings.extend(more)
     ranges = split_rows(n_rows, n, align)
     rows_of = {rank: ranges[pos] for pos, rank in enumerate(order)}

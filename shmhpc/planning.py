@@ -8,7 +8,7 @@ handlers, so planning for another machine never touches this one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from .cpulist import format_cpulist
 from .data import DataInfo, describe_data
 from .errors import SpecError
 from .fastsum import choose_engine
+from .hugepages import SegmentPages
+from .hugepages import choose as choose_pages
 from .kernels import make_kernel
 from .placement import Plan, cpus_needed, plan_job
 from .report import now_stamp
@@ -38,17 +40,21 @@ class Prepared:
     kernel: Any
     engine: str = "numpy"  # what sums built-in sum/mean (shmhpc.fastsum.choose_engine)
     engine_reason: str = ""
+    pages: SegmentPages = field(default_factory=lambda: SegmentPages("auto"))  # hugetlbfs or /dev/shm, and why
 
 
 def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] = ".") -> Prepared:
     """Everything checkable before a process starts: data files, placement, kernel. Raises SpecError."""
     errors: list[str] = []
     data = plan = kernel = None
+    pages = SegmentPages(spec.huge_pages)
     try:
         data = describe_data(spec.data, spec_dir)
     except SpecError as exc:
         errors.extend(exc.messages)
     if data is not None:
+        # Huge pages first: on hugetlbfs, worker boundaries must fall on its pages.
+        pages = choose_pages(spec.huge_pages, data.nbytes, sys_root=topology.root)
         try:
             plan = plan_job(
                 pinning=spec.pinning,
@@ -60,6 +66,7 @@ def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] 
                 chunks_per_worker=spec.chunks_per_worker,
                 partition=spec.numa.partition,
                 oversubscribe=spec.oversubscribe,
+                segment_page_bytes=pages.page_bytes,
             )
         except SpecError as exc:
             errors.extend(exc.messages)
@@ -84,7 +91,7 @@ def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] 
             kernel = make_kernel(spec.kernel, spec.accumulate, list(search_path), engine)
     if errors or data is None or plan is None:
         raise SpecError(errors)
-    return Prepared(spec, data, plan, topology, search_path, kernel, engine, engine_reason)
+    return Prepared(spec, data, plan, topology, search_path, kernel, engine, engine_reason, pages)
 
 
 def report_path_for(
@@ -115,7 +122,8 @@ def check_slurm_step(spec: JobSpec, topology: Topology) -> None:
 
 
 def check_runnable_here(prep: Prepared) -> None:
-    """A plan for another machine (fake sysfs, --allowed-cpus) may name CPUs we cannot run on."""
+    """A plan for another machine (fake sysfs, --allowed-cpus) may name CPUs we cannot run on; a job that
+    requires huge pages needs them here."""
     here = os.sched_getaffinity(0)
     wanted = {c for w in prep.plan.workers for c in w.cpus}
     missing = sorted(wanted - here)
@@ -124,3 +132,6 @@ def check_runnable_here(prep: Prepared) -> None:
             f"pinning: cpu {format_cpulist(missing)} is planned but this process may only run on "
             f"{format_cpulist(here)}; plan for other machines with `shmhpc plan`, run here without --sysfs-root"
         )
+    problem = prep.pages.problem()  # huge_pages: require, and none to be had here
+    if problem:
+        raise SpecError(problem)

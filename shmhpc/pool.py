@@ -1,6 +1,7 @@
 """The persistent pinned worker pool.
 
-Each worker starts once (explicit start method), then, in this order:
+Each worker starts once (forked from the launcher when it has a single thread,
+else from a fork server: :func:`choose_start_method`), then, in this order:
 pins itself (affinity is set before it touches any memory, so its first
 touch lands on its own NUMA node), applies thread limits, attaches the shared
 segment by name (never unlinking it), and answers commands on its own pipe:
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataInfo, fill_rows
+from .data import DataInfo, RowFiller
 from .errors import RunError, RunInterrupted
 from .kernels import make_kernel
 from .numa import page_nodes
@@ -41,7 +42,7 @@ from .shm import Segment
 from .signals import STOP_SIGNALS, blocked
 from .threads import environment, limit_threads, relevant_env
 
-__all__ = ["WorkerInit", "Pool", "fenced_output"]
+__all__ = ["WorkerInit", "Pool", "fenced_output", "choose_start_method", "launcher_threads"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class WorkerInit:
     engine: str = "numpy"  # built-in kernels: numpy | numba (see shmhpc.fastsum)
     segment_size: int = 0  # data, padded to a page, then the control slots
     ctl_offset: int = 0  # byte offset of the control slots
+    segment_page_bytes: int | None = None  # a hugetlbfs segment's page size; None: base pages
+    huge_advise: bool = True  # ask tmpfs for transparent huge pages (false with huge_pages: off)
     # ``bench``: this worker's element range [lo, hi) in each of the three STREAM arrays a, b, c that
     # fill the data (float64, ``data.shape == (3 * n,)``); None for a normal job.
     stream: tuple[int, int] | None = None
@@ -208,7 +211,9 @@ class _Worker:
             self.me.cpu_affinity(list(init.cpus))  # pin first, then touch memory
         observed = sorted(os.sched_getaffinity(0))
         self._limiter, pools = limit_threads(init.threads)  # kept: the limits last as long as the worker
-        self.seg = Segment.attach(init.segment, init.segment_size, init.shm_dir)
+        self.seg = Segment.attach(
+            init.segment, init.segment_size, init.shm_dir, page_bytes=init.segment_page_bytes, advise=init.huge_advise
+        )
         self.arr = self.seg.array(init.data.dtype, init.data.shape)
         self.ctl = self.seg.view(np.int64, (CTL_FIELDS,), init.ctl_offset + init.rank * CTL_FIELDS * 8)
         self.kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path), init.engine)
@@ -239,15 +244,17 @@ class _Worker:
         ctl[:3] = (PHASE_LOAD, 0, -1)
         # Reserve our pages now: out of memory becomes an error here, not a SIGBUS in a repeat.
         reserved_by = seg.reserve(lo * rb, (hi - lo) * rb)
+        filler = RowFiller(self.arr, init.data)
         for ix, (a, b) in enumerate(init.chunks):
             self.chunk = ctl[2] = ix
-            fill_rows(self.arr, init.data, a, b)
+            filler.fill(a, b)
         self.chunk = None
         ctl[:3] = (PHASE_IDLE, 0, -1)
         dt = time.perf_counter() - t0
         pages = page_nodes(seg.address() + lo * rb, (hi - lo) * rb)
+        mapping = seg.mapped_pages()  # the page size our rows really got (before mprotect splits the mapping)
         self._read_only()
-        return {"seconds": dt, "reserved_by": reserved_by, "pages": pages}
+        return {"seconds": dt, "reserved_by": reserved_by, "pages": pages, "mapping": mapping}
 
     # -- bench: STREAM's kernels over this worker's part of a, b, c ---------------------------------
     def _abc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -344,7 +351,7 @@ class _Worker:
             self.seg.close()
 
 
-def _worker_main(conn: Connection, init: WorkerInit) -> None:
+def _worker_main(conn: Connection, init: WorkerInit, launcher_ends: tuple[Connection, ...] = ()) -> None:
     # The launcher handles the stop signals and tells workers to stop. They reach workers too: a
     # Ctrl-C on the terminal goes to the whole process group, and Slurm's slurmstepd sends scancel's
     # TERM and the time-limit warning (USR1) to every process of the step. A worker that died of
@@ -352,6 +359,11 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
     # is noticed by its orphaned workers, and Slurm's SIGKILL after KillWait still ends everything.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    # Forked straight from the launcher, this worker holds copies of the launcher's ends of its own pipe and
+    # of every earlier worker's: while any copy is open, a worker whose launcher died (SIGKILL, OOM killer)
+    # never reads EOF and lives on. Close them all (through the objects, so no descriptor is closed twice).
+    for end in launcher_ends:
+        end.close()
     _guard_output(init.rank)
     worker = _Worker(init)
     try:
@@ -381,6 +393,48 @@ def _worker_main(conn: Connection, init: WorkerInit) -> None:
 
 
 # -- in the launcher --------------------------------------------------------------------
+
+
+def launcher_threads(status: str = "/proc/self/status") -> int | None:
+    """How many OS threads this process has now, as the kernel counts them (Python's and native ones,
+    such as a BLAS pool's); None where ``/proc`` cannot tell."""
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def choose_start_method(asked: str, threads: int | None) -> tuple[str, str]:
+    """The start method for ``asked`` in a launcher that has ``threads`` OS threads now, and why.
+
+    ``auto`` forks the workers straight from the launcher when it has a single thread, and starts them
+    from a fork server otherwise. fork copies only the thread that calls it: a lock some other thread
+    held at that moment (malloc's, a BLAS pool's, one inside Python) stays locked in the child for ever,
+    and the child can hang on it (python/cpython#84559; Python 3.12 warns about exactly this). With one
+    thread there is no other thread to hold a lock, and only the launcher itself could start one between
+    this count and the forks, which it does not. A fork server is a fresh single-threaded process that
+    forks the workers, at about ten times the cost of a fork on a small machine.
+    """
+    if asked != "auto":
+        return asked, f"start_method: {asked} in the spec"
+    if threads == 1:
+        return "fork", "auto: the launcher had 1 thread, so forking it is safe (no other thread can hold a lock)"
+    if threads is None:
+        return "forkserver", "auto: the launcher's threads cannot be counted (no /proc/self/status): fork server"
+    import threading
+
+    named = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    native = threads - 1 - len(named)
+    who = ", ".join([f"Python threads {named}"] * bool(named) + [f"{native} started by native code"] * (native > 0))
+    return (
+        "forkserver",
+        f"auto: the launcher had {threads} threads ({who}); forking it could copy a lock another thread held, "
+        "so the workers start from a fork server",
+    )
 
 
 def _describe_exit(code: int | None) -> str:
@@ -434,7 +488,7 @@ class Pool:
     """A set of persistent workers, one pipe each."""
 
     inits: list[WorkerInit]
-    start_method: str = "forkserver"
+    start_method: str = "auto"  # as asked; ``method`` is the one used, decided when the workers start
     timeout_s: float | None = None
     stop_flag: Any = None  # object with .signum (int or None) and .count, set by the launcher's signal handler
     ctl: np.ndarray | None = None  # (workers, CTL_FIELDS) int64 view of the control slots
@@ -446,11 +500,17 @@ class Pool:
     stalls: list[str] = field(default_factory=list)  # "no progress" lines, as they were said
     killed: list[str] = field(default_factory=list)  # workers teardown had to kill, by rank and state
     _ps: list[Any] = field(default_factory=list)  # psutil handles (pid reuse-safe), from the hellos
+    method: str | None = None  # the start method used (``auto`` resolved), once ``start`` has run
+    method_reason: str | None = None  # why that one
+    launcher_threads: int | None = None  # the launcher's OS threads when it chose
 
     def start(self, env: dict[str, str]) -> list[dict]:
         """Start every worker with ``env`` set (forkserver/spawn children inherit it) and wait for their hello."""
-        ctx = mp.get_context(self.start_method)
-        if self.start_method != "fork":
+        # Judged now, right before the first fork: nothing below starts a thread in the launcher.
+        self.launcher_threads = launcher_threads()
+        self.method, self.method_reason = choose_start_method(self.start_method, self.launcher_threads)
+        ctx = mp.get_context(self.method)
+        if self.method != "fork":
             # forkserver and spawn start multiprocessing's resource tracker on first use, and starting it
             # *unblocks* SIGINT and SIGTERM in this thread (resource_tracker.ensure_running), which would
             # undo the block below for the forkserver: start it first, with the stop signals blocked too.
@@ -468,8 +528,12 @@ class Pool:
             warnings.simplefilter("always")
             for init in self.inits:
                 parent, child = ctx.Pipe(duplex=True)
+                launcher_ends = (*self.conns, parent) if self.method == "fork" else ()  # copies a fork child holds
                 p = ctx.Process(  # type: ignore[attr-defined]
-                    target=_worker_main, args=(child, init), name=f"shmhpc-worker-{init.rank}", daemon=True
+                    target=_worker_main,
+                    args=(child, init, launcher_ends),
+                    name=f"shmhpc-worker-{init.rank}",
+                    daemon=True,
                 )
                 p.start()
                 child.close()  # so a dead worker gives EOF here instead of a hang
@@ -478,6 +542,11 @@ class Pool:
         for w in caught:
             # e.g. Python 3.12+: fork() of a multi-threaded launcher (OpenBLAS threads) may deadlock.
             self.warnings.append(f"{w.category.__name__}: {w.message}")
+        if self.method == "fork" and (self.launcher_threads or 1) > 1 and not caught:  # Python < 3.12 says nothing
+            self.warnings.append(
+                f"start_method: fork of a launcher with {self.launcher_threads} threads: a worker may deadlock on a "
+                "lock another thread held at the fork (start_method: auto would have used forkserver)"
+            )
         hello = self._gather(list(range(len(self.inits))), "start", None)
         import psutil
 
@@ -537,7 +606,7 @@ class Pool:
         where = self._where(rank) or f" during {phase}"
         self.procs[rank].join(timeout=1.0)
         code, pid = self.procs[rank].exitcode, self.procs[rank].pid
-        if self.start_method == "forkserver" and code == 255 and (server := _forkserver_dead()) is not None:
+        if self.method == "forkserver" and code == 255 and (server := _forkserver_dead()) is not None:
             state = _state_of(self._ps[rank] if rank < len(self._ps) else None)
             return (
                 f"the fork server (pid {server}) that started the workers died (killed?){where}: worker {rank} "

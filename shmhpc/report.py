@@ -20,6 +20,7 @@ from . import __version__
 from .allocation import cpu_bind_type
 from .cpulist import format_cpulist
 from .errors import SpecError
+from .hugepages import format_bytes
 from .outputs import Output, write_text
 from .tables import format_seconds
 from .threads import relevant_env
@@ -211,6 +212,24 @@ def _share_of_ceiling(gbps: float | None, bw: dict) -> str:
     return f", {100 * gbps / ceiling:.0f} % of this machine's measured ceiling ({ceiling:.1f} GB/s{how})"
 
 
+def _segment_pages(seg: Any) -> str | None:
+    """``  segment: 2 MiB pages on hugetlbfs /dev/hugepages``, or why huge pages were asked for and not had;
+    None when there is nothing to say (huge pages off, or a run that never made its segment)."""
+    if not isinstance(seg, dict) or seg.get("huge_pages") in (None, "off"):
+        return None
+    page, frac, where = seg.get("page_bytes"), seg.get("huge_fraction"), seg.get("dir")
+    size = f"{format_bytes(page)} " if isinstance(page, int) and page > 0 else "(not measured) "
+    if seg.get("filesystem") == "hugetlbfs":
+        return f"  segment: {size}huge pages on hugetlbfs {where}, huge_pages: {seg['huge_pages']}"
+    if isinstance(frac, (int, float)) and frac > 0:
+        got = f"{size}transparent huge pages for {100 * frac:.0f} % of it in {where}"
+    else:
+        got = f"{size}pages in {where}"
+    if seg.get("fallback"):
+        return f"  segment: {got}, huge_pages: {seg['huge_pages']} fell back: {seg['fallback']}"
+    return f"  segment: {got}"
+
+
 def summarize(report: dict, with_error: bool = True) -> str:
     """A short human summary: where workers ran, median time, GB/s, verified or not.
 
@@ -253,10 +272,16 @@ def summarize(report: dict, with_error: bool = True) -> str:
             + (f"{gbps:.2f} GB/s median" if gbps is not None else "GB/s not measured")
             + _share_of_ceiling(gbps, bw)
         )
+        how = (report.get("pool") or {}).get("start_method")
         lines.append(
-            f"  phases: pool start {format_seconds(t.get('pool_start_s'))}, load {format_seconds(t.get('load_s'))}, "
+            f"  phases: pool start {format_seconds(t.get('pool_start_s'))}"
+            + (f" ({how})" if how else "")
+            + f", load {format_seconds(t.get('load_s'))}, "
             f"teardown {format_seconds(t.get('teardown_s'))}, end-to-end {format_seconds(t.get('total_s'))}"
         )
+    pages = _segment_pages(report.get("segment"))
+    if pages:
+        lines.append(pages)
     res = report.get("result") or {}
     if res:
         v = res.get("value")

@@ -214,9 +214,19 @@ class Memory(_Section):
 
 
 class Segment(_Section):
+    """The shared segment: where it is and which pages it really got."""
+
     name: str | None = None
-    dir: str | None = None
+    dir: str | None = Field(None, description="a hugetlbfs mount, or the shared-memory directory")
     size_bytes: int | None = None
+    huge_pages: str | None = Field(None, description="the spec's huge_pages: auto | require | off")
+    filesystem: str | None = Field(None, description="hugetlbfs, or the type of the shared-memory directory (tmpfs)")
+    fallback: str | None = Field(None, description="why the segment is not on hugetlbfs; null when it is, or off")
+    page_bytes: int | None = Field(
+        None, description="the page size measured in the workers' mappings after load (hugetlb, THP or base page)"
+    )
+    huge_fraction: Finite | None = Field(None, description="share of the loaded bytes mapped with huge pages")
+    page_bytes_measured_by: str | None = None
 
 
 class Slurm(_Section):
@@ -249,6 +259,15 @@ class OtherRun(_Section):
     slurm_job: int | None = None
     cpus: CpuList | None = None
     overlap: CpuList | None = None
+
+
+class PoolStart(_Section):
+    """How the workers were started: the start method used (``auto`` resolved) and why."""
+
+    start_method: str | None = Field(None, description="fork | forkserver | spawn")
+    start_method_asked: str | None = Field(None, description="the spec's start_method (auto | fork | ...)")
+    start_method_reason: str | None = None
+    launcher_threads: int | None = Field(None, description="the launcher's OS threads when the method was chosen")
 
 
 class Contention(_Section):
@@ -294,6 +313,7 @@ class RunReport(_Section):
     result: Result | None = None
     memory: Memory | None = None
     contention: Contention | None = None
+    pool: PoolStart | None = None
 
 
 def report_json_schema() -> dict[str, Any]:

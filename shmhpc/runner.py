@@ -23,6 +23,7 @@ from .allocation import slurm_allocation
 from .contention import ContentionProbe
 from .cpulist import format_cpulist
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
+from .hugepages import filesystem_of, measured
 from .kernels import state_count
 from .outputs import Output, OutputError, check_output
 from .placement import Plan
@@ -34,7 +35,7 @@ from .session import RunSession
 from .shm import default_shm_dir, find_stale, remove_stale
 from .signals import StopSignals
 from .spec import JobSpec
-from .topology import Topology
+from .topology import Topology, read_text
 from .verify import count_nonfinite_values, describe_nonfinite, verify
 
 __all__ = ["run_job"]
@@ -126,8 +127,7 @@ def run_job(
                 report["warnings"].append(line)
 
             with RunSession(prep, shm_dir=shm_dir, stop=flag, on_stall=stalled) as session:
-                seg = session.segment
-                report["segment"] = {"name": seg.name, "dir": shm_dir, "size_bytes": seg.size} if seg else None
+                report["segment"] = _segment_entry(session)
                 _start(session, report, timings, progress)
                 flag.check()
                 _load(session, report, timings, progress)
@@ -193,6 +193,7 @@ def _start(session: RunSession, report: dict, timings: dict, progress: NullProgr
     finally:
         timings["pool_start_s"] = session.start_s
         report["warnings"].extend(session.warnings)
+        report["pool"] = session.start_info
     progress.phase_done("pool start", timings["pool_start_s"])
     report["workers"] = workers = _worker_entries(session.prep.plan, hello)
     bad = [w["rank"] for w in workers if not w["pinned_ok"]]
@@ -213,6 +214,9 @@ def _load(session: RunSession, report: dict, timings: dict, progress: NullProgre
         w["reserved_by"] = ld["reserved_by"]
         w["pages"] = ld["pages"]
     report["pages"] = _pages_by_partition(session.prep.plan, loads)
+    if report.get("segment"):  # the page size the segment really got, measured where the owners touched it
+        report["segment"].update(measured([ld.get("mapping") for ld in loads]))
+        report["segment"]["page_bytes_measured_by"] = MEASURED_BY
 
 
 def _rounds(session: RunSession, report: dict, timings: dict, progress: NullProgress, flag: StopSignals) -> list[dict]:
@@ -378,6 +382,25 @@ def _unsaved(report: dict, why: str) -> None:
 
 
 # -- report pieces ---------------------------------------------------------------------------------
+
+
+MEASURED_BY = "each worker's /proc/self/smaps after load (KernelPageSize, *_Hugetlb, ShmemPmdMapped)"
+
+
+def _segment_entry(session: RunSession) -> dict[str, Any] | None:
+    """Where the segment is, with which pages asked for, and why not hugetlbfs (``fallback``)."""
+    seg, pages = session.segment, session.pages
+    if seg is None:
+        return None
+    where = os.path.dirname(seg.path)
+    return {
+        "name": seg.name,
+        "dir": where,
+        "size_bytes": seg.size,
+        "huge_pages": pages.mode,
+        "filesystem": "hugetlbfs" if pages.hugetlbfs else filesystem_of(where, read_text("/proc/mounts") or ""),
+        "fallback": pages.fallback,
+    }
 
 
 def _worker_entries(plan: Plan, hello: list[dict]) -> list[dict[str, Any]]:

@@ -16,13 +16,16 @@ worker (where each worker writes which chunk it is in, so a death can be located
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from .errors import RunError, SpecError
 from .kernels import combine_all
 from .planning import Prepared
 from .pool import CTL_FIELDS, Pool, WorkerInit, ctl_bytes
@@ -80,18 +83,42 @@ class RunSession:
         self.stalls: list[str] = []  # "no progress" lines said during the rounds
         self.killed: list[str] = []  # workers teardown had to kill, with their state
         self.start_s: float | None = None
+        self.start_info: dict[str, Any] | None = None  # after ``start``: the start method used, and why
         self.teardown_s: float | None = None
         self._ctl_offset = 0
+        self.pages = prep.pages  # where the segment goes; after __enter__, where it went and why
 
     # -- lifetime ----------------------------------------------------------------------------
     def __enter__(self) -> RunSession:
-        """Check that the array fits, then create the segment (the workers start with ``start``)."""
+        """Check that the array fits, then create the segment (the workers start with ``start``).
+
+        On the hugetlbfs mount ``prep.pages`` chose, if it has one. When its pool was taken since (the
+        mapping cannot reserve its pages), ``huge_pages: auto`` falls back to the shared-memory directory,
+        saying why in ``pages``, and ``require`` refuses to run (exit 2), still before any worker starts.
+        """
+        pages = self.pages
+        if pages.hugetlbfs is not None and pages.page_bytes:
+            try:
+                self.segment = self._create(pages.hugetlbfs, pages.page_bytes)
+                return self
+            except RunError as exc:
+                if pages.mode == "require":
+                    raise SpecError(
+                        f"huge_pages: require, but {exc}; reserve more huge pages (as root: /proc/sys/vm/nr_hugepages)"
+                        " or set huge_pages: auto"
+                    ) from None
+                self.pages = replace(pages, hugetlbfs=None, page_bytes=None, fallback=str(exc))
         check_fits(self.prep.data.nbytes, self.shm_dir)
-        n = len(self.prep.plan.workers)
-        page = self.prep.plan.align_bytes  # the page (or huge page) size the partitions are aligned to
-        self._ctl_offset = -(-self.prep.data.nbytes // page) * page
-        self.segment = Segment.create(self._ctl_offset + ctl_bytes(n), self.shm_dir)
+        self.segment = self._create(self.shm_dir, None)
         return self
+
+    def _create(self, where: str, huge_page_bytes: int | None) -> Segment:
+        # The data from offset 0, padded to the page (or huge page) size the partitions are aligned to, and
+        # at least to a hugetlbfs page: the read-only part that mprotect covers must be whole pages.
+        page = max(self.prep.plan.align_bytes, huge_page_bytes or 0)
+        self._ctl_offset = -(-self.prep.data.nbytes // page) * page
+        size = self._ctl_offset + ctl_bytes(len(self.prep.plan.workers))
+        return Segment.create(size, where, huge_page_bytes=huge_page_bytes, advise=self.pages.advise)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -112,7 +139,7 @@ class RunSession:
                 threads=spec.threads_per_worker,
                 env=env,
                 segment=seg.name,
-                shm_dir=self.shm_dir,
+                shm_dir=os.path.dirname(seg.path),  # a hugetlbfs mount, or the shared-memory directory
                 data=prep.data,
                 rows=w.rows,
                 chunks=w.chunks,
@@ -122,6 +149,8 @@ class RunSession:
                 engine=prep.engine,
                 segment_size=seg.size,
                 ctl_offset=self._ctl_offset,
+                segment_page_bytes=self.pages.page_bytes if self.pages.hugetlbfs else None,
+                huge_advise=self.pages.advise,
                 stream=parts[w.rank] if parts else None,
             )
             for w in prep.plan.workers
@@ -142,6 +171,12 @@ class RunSession:
         finally:
             self.start_s = time.perf_counter() - t0
             self.warnings.extend(self.pool.warnings)
+            self.start_info = {
+                "start_method": self.pool.method,
+                "start_method_asked": self.start_method,
+                "start_method_reason": self.pool.method_reason,
+                "launcher_threads": self.pool.launcher_threads,
+            }
         return self.hello
 
     def stop_workers(self) -> None:

@@ -24,6 +24,11 @@ running (a launcher of an older shmhpc, which took no lock) or when the segment 
 empty and less than ``CREATING_GRACE_S`` old (its creator may be between ``open`` and
 ``flock``). A forked child inherits the locked descriptor and keeps the segment in
 use while it lives, which is right: it still maps it.
+
+With ``huge_pages`` (:mod:`shmhpc.hugepages`) a segment may instead be a file on a hugetlbfs mount,
+with the same name, lock and lifecycle; its size is a whole number of huge pages, and so are the
+offsets and lengths of everything that maps or protects part of it. The sweep looks at every
+hugetlbfs mount as well as the shared-memory directory.
 """
 
 from __future__ import annotations
@@ -41,10 +46,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import RunError
+from .hugepages import format_bytes, hugetlbfs_paths, parse_smaps
+from .topology import read_text
 
 __all__ = [
     "Segment",
     "default_shm_dir",
+    "segment_dirs",
     "segment_name",
     "parse_segment_name",
     "PREFIX",
@@ -99,11 +107,14 @@ class Segment:
     ``Segment.attach`` in workers.
     """
 
-    def __init__(self, name: str, path: str, size: int, fd: int, owner: bool):
+    def __init__(
+        self, name: str, path: str, size: int, fd: int, owner: bool, advise: bool = True, page_bytes: int = PAGE
+    ):
         self.name = name
         self.path = path
         self.size = size
         self.owner = owner
+        self.page_bytes = page_bytes  # the hugetlbfs page size, or the base page
         self._map: mmap.mmap | None = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         # The owner keeps its descriptor, and with it the liveness lock, until ``unlink``.
         self._lock_fd = fd if owner else -1
@@ -111,8 +122,9 @@ class Segment:
             os.close(fd)
         # Ask for 2 MiB pages where tmpfs allows them (shmem_enabled=advise/within_size/always):
         # far fewer page faults on first touch (4 KiB pages make it fault-bound, ~1 GB/s) and fewer
-        # TLB misses when streaming; unmapping a large segment is much cheaper too.
-        if size >= 2 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
+        # TLB misses when streaming; unmapping a large segment is much cheaper too. (A hugetlbfs segment
+        # has huge pages already; with huge_pages: off nobody asks.)
+        if advise and page_bytes == PAGE and size >= 2 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
             try:
                 self._map.madvise(mmap.MADV_HUGEPAGE)
             except OSError:
@@ -120,11 +132,20 @@ class Segment:
         self._unlinked = False
 
     @classmethod
-    def create(cls, size_bytes: int, shm_dir: str | None = None) -> Segment:
-        """Create a new segment of ``size_bytes`` (mode 0600, exclusive)."""
+    def create(
+        cls, size_bytes: int, shm_dir: str | None = None, *, huge_page_bytes: int | None = None, advise: bool = True
+    ) -> Segment:
+        """Create a new segment of ``size_bytes`` (mode 0600, exclusive).
+
+        ``huge_page_bytes``: ``shm_dir`` is a hugetlbfs mount with pages of that size; the size is rounded
+        up to whole pages, which the mapping reserves now (a ``RunError`` when the pool has too few).
+        ``advise``: ask tmpfs for transparent huge pages (MADV_HUGEPAGE).
+        """
         if size_bytes <= 0:
             raise ValueError("segment size must be positive")
         d = shm_dir or default_shm_dir()
+        if huge_page_bytes:  # a hugetlbfs file is whole pages (ftruncate refuses any other size)
+            size_bytes = -(-size_bytes // huge_page_bytes) * huge_page_bytes
         name = segment_name()
         path = os.path.join(d, name)
         try:
@@ -141,22 +162,38 @@ class Segment:
                     raise
             # ftruncate reserves nothing on tmpfs: pages are allocated on first touch.
             os.ftruncate(fd, size_bytes)
-            return cls(name, path, size_bytes, fd, owner=True)
+            if huge_page_bytes is None:
+                return cls(name, path, size_bytes, fd, owner=True, advise=advise)
+            try:  # on hugetlbfs the shared mapping reserves its pages from the pool (not yet allocated)
+                return cls(name, path, size_bytes, fd, owner=True, advise=False, page_bytes=huge_page_bytes)
+            except OSError as exc:
+                raise RunError(
+                    f"cannot reserve {size_bytes // huge_page_bytes} huge pages of {format_bytes(huge_page_bytes)} "
+                    f"on hugetlbfs {d}: {exc.strerror}"
+                ) from None
         except BaseException:
             os.close(fd) if fd >= 0 else None
             _unlink_quietly(path)
             raise
 
     @classmethod
-    def attach(cls, name: str, size_bytes: int, shm_dir: str | None = None) -> Segment:
-        """Map an existing segment by name (never unlinks it)."""
+    def attach(
+        cls,
+        name: str,
+        size_bytes: int,
+        shm_dir: str | None = None,
+        *,
+        page_bytes: int | None = None,
+        advise: bool = True,
+    ) -> Segment:
+        """Map an existing segment by name (never unlinks it); ``page_bytes`` and ``advise`` as its creator's."""
         path = os.path.join(shm_dir or default_shm_dir(), name)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         actual = os.fstat(fd).st_size
         if actual != size_bytes:
             os.close(fd)
             raise RunError(f"shared segment {name} is {actual} bytes, expected {size_bytes}")
-        return cls(name, path, size_bytes, fd, owner=False)
+        return cls(name, path, size_bytes, fd, owner=False, advise=advise, page_bytes=page_bytes or PAGE)
 
     # -- views ---------------------------------------------------------------------
     def array(self, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
@@ -184,8 +221,9 @@ class Segment:
         """
         if self._map is None:
             raise RunError(f"segment {self.name} is closed")
-        start = -(-offset // PAGE) * PAGE
-        stop = ((offset + length) // PAGE) * PAGE
+        page = self.page_bytes
+        start = -(-offset // page) * page
+        stop = ((offset + length) // page) * page
         if stop <= start:
             return True
         try:
@@ -223,7 +261,7 @@ class Segment:
         return "posix_fallocate"
 
     def protect_read_only(self, length: int) -> None:
-        """Make the first ``length`` bytes (a multiple of the page size) read-only in this process.
+        """Make the first ``length`` bytes (a multiple of the segment's page size) read-only in this process.
 
         ``mprotect(2)``: a later write through any view, from Python or native code, faults (SIGSEGV)
         instead of changing shared data. The rest of the mapping (the control slots) stays writable.
@@ -248,6 +286,15 @@ class Segment:
         addr = ctypes.addressof(buf)
         del buf
         return addr
+
+    def mapped_pages(self) -> dict[str, int] | None:
+        """Which pages back this process's mapping of the segment now, as the kernel says in
+        /proc/self/smaps (:func:`shmhpc.hugepages.parse_smaps`); None where smaps cannot be read."""
+        text = read_text("/proc/self/smaps")
+        if text is None:
+            return None
+        addr = self.address()
+        return parse_smaps(text, addr, addr + self.size)
 
     # -- teardown ------------------------------------------------------------------
     def close(self) -> None:
@@ -339,9 +386,25 @@ def _judge(fd: int, pid: int, st: os.stat_result) -> tuple[bool, str]:
     return False, f"nobody holds its lock but owner pid {pid} is running (a launcher of an older shmhpc?)"
 
 
+def segment_dirs(shm_dir: str | None = None) -> list[str]:
+    """Where segments may be: the shared-memory directory, then every hugetlbfs mount (``huge_pages``)."""
+    dirs = [shm_dir or default_shm_dir()]
+    for path in hugetlbfs_paths(read_text("/proc/mounts") or ""):
+        if all(os.path.realpath(path) != os.path.realpath(d) for d in dirs):
+            dirs.append(path)
+    return dirs
+
+
 def check_segments(shm_dir: str | None = None) -> list[SegmentCheck]:
-    """Judge every segment of ours (this uid): stale, or left alone with the reason. Never another user's."""
-    d = shm_dir or default_shm_dir()
+    """Judge every segment of ours (this uid) in ``segment_dirs(shm_dir)``: stale, or left alone with the
+    reason. Never another user's."""
+    out: list[SegmentCheck] = []
+    for d in segment_dirs(shm_dir):
+        out.extend(_check_dir(d))
+    return out
+
+
+def _check_dir(d: str) -> list[SegmentCheck]:
     uid = os.getuid()
     out: list[SegmentCheck] = []
     try:

@@ -120,6 +120,11 @@ def _whole(v: Any) -> Any:
     return int(n)
 
 
+def _off_word(v: Any) -> Any:
+    """A choice field that has ``off``: YAML 1.1 (PyYAML) reads an unquoted ``off`` as false."""
+    return "off" if v is False else v
+
+
 # Bounds first, then the validator: pydantic then still writes them into the JSON Schema as it should.
 PosInt = Annotated[int, Field(strict=True, gt=0), BeforeValidator(_whole)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0), BeforeValidator(_whole)]
@@ -467,7 +472,17 @@ class JobSpec(_Model):
         description="NaN/inf in the data (scanned when verify is on) or in the result: warn (the run passes,"
         " not verified, with a warning giving the counts) | fail (the run fails)",
     )
-    start_method: Literal["fork", "forkserver", "spawn"] = Field("forkserver")
+    start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
+        "auto",
+        description="auto (fork when the launcher has a single thread at that moment, else forkserver; the report"
+        " says which and why) | fork | forkserver | spawn",
+    )
+    huge_pages: Annotated[Literal["auto", "require", "off"], BeforeValidator(_off_word)] = Field(
+        "auto",
+        description="auto | require | off. auto: the shared segment on a hugetlbfs mount with enough free huge"
+        " pages, else in /dev/shm asking for transparent huge pages (the report says why); require: refuse to run"
+        " (exit 2) without huge pages; off: /dev/shm with base pages",
+    )
     report: Annotated[str, Field(min_length=1)] = Field(
         "reports/{name}.json",
         description="report path; placeholders {name} {timestamp} {workers} {pinning} {slurm_job}",

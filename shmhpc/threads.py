@@ -11,16 +11,28 @@ Two layers, because each reaches libraries the other misses
   per thread).
 
 threadpoolctl never sets affinity: pinning is done separately (``pool``).
+
+The launcher itself imports NumPy with one BLAS thread (``import_numpy_single_threaded``), so that
+it stays a single-threaded process that can fork its workers safely; the workers then set the
+thread counts the spec asks for, through both layers.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["THREAD_VARS", "thread_env", "environment", "limit_threads", "relevant_env"]
+__all__ = [
+    "THREAD_VARS",
+    "thread_env",
+    "environment",
+    "limit_threads",
+    "relevant_env",
+    "import_numpy_single_threaded",
+]
 
 THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -52,6 +64,22 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def import_numpy_single_threaded() -> None:
+    """Import NumPy with its BLAS thread pool at one thread, unless the user set that pool's variable.
+
+    OpenBLAS starts its pool's threads when NumPy loads it, and reads its variable only then: a launcher
+    that imported NumPy plainly has threads for the rest of its life, and forking a process with threads
+    is unsafe (a lock another thread holds stays locked in the child). Each unset variable of
+    ``THREAD_VARS`` is ``1`` for the import only; the environment is then as it was, so the report shows
+    the user's own, and workers get the spec's values explicitly (``thread_env``) and raise their
+    pools with threadpoolctl. Nothing happens once NumPy is imported. Call it in the launcher only.
+    """
+    if "numpy" in sys.modules:
+        return
+    with environment({k: "1" for k in THREAD_VARS if k not in os.environ}):
+        import numpy  # noqa: F401  # the import is the point: BLAS reads its variables when it loads
 
 
 def limit_threads(threads: int) -> tuple[Any, list[dict]]:

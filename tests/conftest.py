@@ -153,7 +153,6 @@ def small_spec(tmp_path: Path, name: str = "t", **fields) -> Path:
         "workers": 2 if TWO else 1,
         "repeats": 3,
         "warmup": 1,
-        "start_method": "forkserver",
         "report": f"{tmp_path}/reports/{{name}}.json",
     }
     body.update(fields)

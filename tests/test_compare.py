@@ -184,6 +184,13 @@ def test_what_differs_lists_settings():
     assert cmp.same["host"] == "node1 (Test CPU 9000)"
 
 
+def test_start_method_auto_shows_what_it_chose():
+    forked, served = make_report("none", REF, start_method="auto"), make_report("compact", FAST, start_method="auto")
+    forked["pool"] = {"start_method": "fork", "start_method_asked": "auto", "launcher_threads": 1}
+    served["pool"] = {"start_method": "forkserver", "start_method_asked": "auto", "launcher_threads": 2}
+    assert _cmp(forked, served).differs["start_method"] == ["fork (auto)", "forkserver (auto)"]
+
+
 def test_placement_shows_unpinned_and_pinned():
     cmp = _cmp(make_report("none", REF, workers=2, usable=[0, 1, 2, 3]), make_report("compact", FAST))
     text = render_text(cmp)

@@ -148,7 +148,7 @@ def test_signal_stops_between_repeats_and_reports_what_finished(sig, tmp_path, n
     assert not _segments_of(proc.pid)
 
 
-@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+@pytest.mark.parametrize("start_method", ["auto", "forkserver", "spawn", "fork"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
 def test_a_signal_to_every_process_of_the_run_is_a_clean_stop(sig, start_method, tmp_path, no_leak):
     """Slurm's slurmstepd sends scancel's TERM and the time-limit USR1 to every process of the step,

@@ -113,10 +113,11 @@ def test_allowed_cpus_narrows_the_plan(tmp_path, no_leak):
     assert rep["topology"]["usable"] == [cpu] and rep["topology"]["usable_source"] == "override"
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize("method", ["auto", "fork", "forkserver", "spawn"])
 def test_every_start_method(method, tmp_path, no_leak):
     rep = run_ok(small_spec(tmp_path, start_method=method, kernel="var"))
     assert rep["job"]["start_method"] == method
+    assert rep["pool"]["start_method"] in ((method,) if method != "auto" else ("fork", "forkserver"))
     assert rep["result"]["verified"] is True
 
 

@@ -119,7 +119,7 @@ def test_minimal_spec_gets_documented_defaults() -> None:
     assert (s.workers, s.pinning, s.threads_per_worker) == ("auto", "compact", 1)
     assert s.numa.partition is True
     assert (s.repeats, s.warmup, s.verify, s.timeout_s) == (5, 1, True, None)
-    assert (s.start_method, s.accumulate, s.kernel) == ("forkserver", "float64", "sum")
+    assert (s.start_method, s.accumulate, s.kernel) == ("auto", "float64", "sum")
     assert s.report == "reports/{name}.json"
 
 
@@ -540,7 +540,7 @@ def test_report_placeholders_all_format() -> None:
         ("threads_per_worker", [1, 8], [0, -1]),
         ("chunks_per_worker", [1, 64], [0]),
         ("timeout_s", [0.001, 5, 3600.0, None], [0, -1.0, 0.0, float("inf"), float("nan"), "5", True]),
-        ("start_method", ["fork", "forkserver", "spawn"], ["thread", "Fork", "", None]),
+        ("start_method", ["auto", "fork", "forkserver", "spawn"], ["thread", "Fork", "", None]),
         ("accumulate", ["float64", "native"], ["float32", "kahan", None]),
         ("kernel", ["sum", "var", "mypkg.mod:func"], ["", 3, None]),
     ],
