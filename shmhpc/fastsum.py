@@ -6,7 +6,7 @@ elements first, which halves its speed. A loop compiled by numba converts each
 element to float64 in vector registers and adds it there, so a float64 sum of
 float32 data costs what reading the data costs. numba is an optional extra
 (``pip install 'shmhpc[fast]'``); importing it and loading the compiled loop
-costs a few hundred milliseconds per worker, so ``engine: auto`` only picks it
+costs most of a second per worker, so ``engine: auto`` only picks it
 for jobs that read enough data to repay that (see :func:`choose_engine`).
 
 Error bound. The loop sums blocks of ``BLOCK`` elements, adds ``GROUP`` block
@@ -39,15 +39,19 @@ __all__ = [
 ]
 
 ENGINES = ("auto", "numpy", "numba")
-# Small blocks keep the bound tight (a 10M-element chunk: depth <= 1062, numpy's buffered float64 sum: ~1240)
-# and cost nothing measurable at memory speed (512, 1024 and 4096 ran alike with 2 workers on 2 GB).
-BLOCK = 512  # elements per innermost (vectorised, reassociated) block
-GROUP = 512  # block sums per group sum
+# Larger blocks are faster (less work per block) and loosen the bound: with 4096 a 10M-element chunk's
+# depth is <= 4362 (numpy's buffered float64 sum: ~1240), gamma_4362 = 4.8e-13 relative to sum|x|; at 2 GB
+# with 2 workers 4096 ran 1.19x faster than 512 (with the prefetch below; benchmarks/).
+BLOCK = 4096  # elements per innermost (vectorised, reassociated) block
+GROUP = 256  # block sums per group sum
+PREFETCH = 4096  # elements ahead the loop asks the cache for (see shmhpc._numba_sum)
 FAST_KERNELS = ("sum", "mean")
 FAST_DTYPES = ("float32", "float64")
-# numba's import and its cached loop cost ~0.4 s per worker (measured: import 0.25 s, loading the
-# cached loop 0.15 s); a float64 sum it speeds up from ~5 to ~12 GB/s per core saves ~0.1 s per GB.
-AUTO_MIN_BYTES_PER_WORKER = 4 << 30
+# numba's import and loading its cached loop cost ~0.7 s per worker here (import 0.3 s, load 0.4 s; the
+# first run on a machine also compiles, ~1.5 s), and a float64 sum it speeds up saves ~0.07-0.1 s per GB a
+# worker reads (numpy casts at ~5-6 GB/s per core): it pays from ~8 GB per worker.
+AUTO_MIN_BYTES_PER_WORKER = 8 << 30
+START_S = "~0.7 s"
 INSTALL_HINT = "pip install 'shmhpc[fast]'"
 
 _sum: Callable[[np.ndarray], float] | None = None
@@ -111,6 +115,6 @@ def choose_engine(requested: str, kernel: str, dtype: str, bytes_per_worker: int
     if total < AUTO_MIN_BYTES_PER_WORKER:
         return "numpy", (
             f"auto: {total / 1e9:.2f} GB read per worker is too little to repay numba's start"
-            f" (~0.4 s; it pays from {AUTO_MIN_BYTES_PER_WORKER / 1e9:.1f} GB)"
+            f" ({START_S}; it pays from {AUTO_MIN_BYTES_PER_WORKER / 1e9:.1f} GB)"
         )
-    return "numba", f"auto: {total / 1e9:.1f} GB read per worker repays numba's start (~0.4 s)"
+    return "numba", f"auto: {total / 1e9:.1f} GB read per worker repays numba's start ({START_S})"

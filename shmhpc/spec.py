@@ -462,7 +462,7 @@ class JobSpec(_Model):
         "auto",
         description="what sums the built-in sum/mean over float32/float64 data: numba (float64 lanes at memory"
         " speed; pip install 'shmhpc[fast]') | numpy | auto (numba when installed and the job reads enough"
-        " data to repay its ~0.4 s start)",
+        " data to repay its ~0.7 s start)",
     )
     repeats: Annotated[int, Field(strict=True, ge=1, le=1_000_000), BeforeValidator(_whole)] = Field(5)
     warmup: Annotated[int, Field(strict=True, ge=0, le=1_000_000), BeforeValidator(_whole)] = Field(1)
