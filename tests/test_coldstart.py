@@ -6,6 +6,7 @@ the same bit for bit whoever draws it. Behaviour is asserted here, never speed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +116,9 @@ def test_forked_workers_get_the_thread_pools_the_spec_asks_for(tmp_path, no_leak
     assert all(p["num_threads"] == 2 for p in pools), pools
 
 
-@pytest.mark.skipif(not TWO, reason="needs 2 usable CPUs")
-def test_forked_workers_leave_nothing_running(tmp_path, no_leak):
-    """Under fork the launcher's children are its workers only (no fork server, no resource tracker),
-    and all of them are gone when it exits."""
-    spec = small_spec(tmp_path, start_method="auto", kernel="bad_kernels:slow", repeats=2)
+@contextlib.contextmanager
+def _in_first_repeat(tmp_path: Path, spec: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``shmhpc run spec`` started, yielded once it logs its first repeat (or ends); killed on the way out."""
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
@@ -128,11 +128,20 @@ def test_forked_workers_leave_nothing_running(tmp_path, no_leak):
         deadline = time.monotonic() + 60
         while "] repeat 1/" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        yield proc, log
+    finally:
+        proc.kill()
+
+
+@pytest.mark.skipif(not TWO, reason="needs 2 usable CPUs")
+def test_forked_workers_leave_nothing_running(tmp_path, no_leak):
+    """Under fork the launcher's children are its workers only (no fork server, no resource tracker),
+    and all of them are gone when it exits."""
+    spec = small_spec(tmp_path, start_method="auto", kernel="bad_kernels:slow", repeats=2)
+    with _in_first_repeat(tmp_path, spec) as (proc, log):
         kids = psutil.Process(proc.pid).children(recursive=True)
         cmdlines = [" ".join(k.cmdline()) for k in kids]
         proc.wait(timeout=60)
-    finally:
-        proc.kill()
     assert proc.returncode == 0, log.read_text()
     assert len(kids) == 2 and not [c for c in cmdlines if "forkserver" in c or "resource_tracker" in c], cmdlines
     assert not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
@@ -143,21 +152,11 @@ def test_forked_workers_of_a_killed_launcher_exit(tmp_path, no_leak):
     """A forked worker holds copies of the launcher's pipe ends unless it closes them: then a launcher
     killed by SIGKILL would leave its workers waiting for ever."""
     spec = small_spec(tmp_path, start_method="auto", kernel="bad_kernels:slow", repeats=100)
-    log = tmp_path / "stderr.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shmhpc", "run", str(spec)], cwd=tmp_path, env=_env(), stdout=err, stderr=err
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while "] repeat 1/" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with _in_first_repeat(tmp_path, spec) as (proc, log):
         workers = psutil.Process(proc.pid).children()
         assert workers and proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        proc.kill()
     _, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive, f"orphaned forked workers still running: {[p.pid for p in alive]}"
     cleaned = run_cli("clean")  # the killed launcher's segment: what `clean` is for
