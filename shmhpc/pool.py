@@ -38,6 +38,7 @@ from .data import DataInfo, RowFiller
 from .errors import RunError, RunInterrupted
 from .kernels import make_kernel
 from .numa import page_nodes
+from .reductions import BuiltinKernel
 from .shm import Segment
 from .signals import STOP_SIGNALS, blocked
 from .threads import environment, limit_threads, relevant_env
@@ -217,8 +218,8 @@ class _Worker:
         self.arr = self.seg.array(init.data.dtype, init.data.shape)
         self.ctl = self.seg.view(np.int64, (CTL_FIELDS,), init.ctl_offset + init.rank * CTL_FIELDS * 8)
         self.kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path), init.engine)
-        if (warm := getattr(self.kernel, "prepare", None)) is not None:
-            warm()  # e.g. import numba and load its compiled loop now, not inside the first timed round
+        if isinstance(self.kernel, BuiltinKernel):  # a user kernel's own `prepare`, if any, is not ours to call
+            self.kernel.prepare()  # e.g. import numba and load its compiled loop now, not in the first timed round
         return {
             "rank": init.rank,
             "pid": os.getpid(),

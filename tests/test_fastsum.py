@@ -147,3 +147,21 @@ def test_compare_tells_numpy_and_numba_runs_apart(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "numpy" in proc.stdout and "numba" in proc.stdout
     assert any("engine" in line and "numba" in line for line in proc.stdout.splitlines()), proc.stdout
+
+
+def test_a_user_kernels_own_prepare_is_not_called(tmp_path) -> None:
+    """Workers warm up built-in kernels (numba's load); a user object that happens to have `prepare` is left alone."""
+    (tmp_path / "own.py").write_text(
+        "class Counting:\n"
+        "    def prepare(self):\n"
+        "        raise RuntimeError('shmhpc called my prepare')\n"
+        "    def map(self, chunk):\n"
+        "        return int(chunk.size)\n"
+        "    def combine(self, a, b):\n"
+        "        return a + b\n"
+        "    def finalize(self, s):\n"
+        "        return s\n"
+    )
+    proc = _run(tmp_path, "kernel=own:Counting", "verify=false")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["result"]["value"] == 3_000_017
