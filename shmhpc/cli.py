@@ -66,24 +66,30 @@ def _launcher() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _launcher()
-    from .outputs import STDOUT
-    from .progress import make_progress
-    from .report import report_json, summarize
-    from .runner import run_job
+    from .signals import StopSignals
 
-    spec = _load(args, args.spec)
-    topo = _read_topology(args)
-    to_stdout = args.report == STDOUT  # the report is the output; the summary goes to stderr
-    report = run_job(
-        spec,
-        topo,
-        spec_dir=Path(args.spec).resolve().parent,
-        report_path=None if to_stdout else args.report,
-        progress=make_progress(args.quiet),
-        force=args.force,
-        write=not to_stdout,
-    )
+    # From the first moment, not once the imports are done: under Slurm a time-limit warning or an
+    # scancel can come while Python is still loading, and it must end in an `interrupted` report too.
+    with StopSignals() as stop:
+        _launcher()
+        from .outputs import STDOUT
+        from .progress import make_progress
+        from .report import report_json, summarize
+        from .runner import run_job
+
+        spec = _load(args, args.spec)
+        topo = _read_topology(args)
+        to_stdout = args.report == STDOUT  # the report is the output; the summary goes to stderr
+        report = run_job(
+            spec,
+            topo,
+            spec_dir=Path(args.spec).resolve().parent,
+            report_path=None if to_stdout else args.report,
+            progress=make_progress(args.quiet),
+            force=args.force,
+            write=not to_stdout,
+            stop=stop,
+        )
     if args.json or to_stdout:
         print(report_json(report), end="")
     if not args.json:

@@ -117,6 +117,7 @@ def run_job(
                     raise _Refused(exc.messages) from None
             _record_plan(report, prep)
             check_runnable_here(prep)
+            flag.check()  # a signal while Python was still loading (the CLI installs the handlers first)
             shm_dir = default_shm_dir()
             for line in sweep_stale_segments(shm_dir):
                 progress.phase(line)

@@ -390,3 +390,27 @@ def test_200_back_to_back_runs_leak_nothing(tmp_path, no_leak):
         "forkserver" in " ".join(c.cmdline()) or "resource_tracker" in " ".join(c.cmdline())
         for c in me.children(recursive=True)
     ), "no worker outlives its run"
+
+
+EARLY_SIGNAL = """
+import os, signal, sys
+from shmhpc import cli, threads
+real = threads.import_numpy_single_threaded
+def importing_numpy():
+    os.kill(os.getpid(), signal.SIGUSR1)  # e.g. Slurm's time-limit warning while Python is still loading
+    real()
+threads.import_numpy_single_threaded = importing_numpy
+sys.exit(cli.main(["run", sys.argv[1], "-q"]))
+"""
+
+
+def test_a_signal_while_the_launcher_is_still_loading_is_a_clean_stop(tmp_path, no_leak):
+    """The CLI installs its stop handlers before its imports: a signal during them is an `interrupted` run."""
+    spec = small_spec(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", EARLY_SIGNAL, str(spec)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert proc.returncode == 128 + signal.SIGUSR1, proc.stderr
+    report = load_json(tmp_path / "reports" / "t.json")
+    assert report["status"] == "interrupted" and "SIGUSR1" in report["error"]
+    assert not report.get("workers") and not report.get("segment")  # nothing was started
