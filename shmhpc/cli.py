@@ -143,6 +143,11 @@ def cmd_topology(args: argparse.Namespace) -> int:
         mem = f"{n['mem_total_bytes'] / 2**30:.1f} GiB" if n["mem_total_bytes"] else "? GiB"
         cpus = format_cpulist(n["cpus"]) or "none (memory only)"
         print(f"  node {n['id']}: CPUs {cpus}, memory {mem}")
+    if (dist := d["numa_distances"]) and len(dist["nodes"]) > 1:
+        print("  node distances (10: local; from the firmware's SLIT):")
+        print("    " + " " * 6 + "".join(f"{n:>6}" for n in dist["nodes"]))
+        for n, row in zip(dist["nodes"], dist["matrix"], strict=True):
+            print(f"    {n:>6}" + "".join(f"{v:>6}" for v in row))
     smt = {tuple(c["siblings"]) for c in d["cpus"] if len(c["siblings"]) > 1}
     if smt:
         print("  SMT siblings: " + " ".join(format_cpulist(s) for s in sorted(smt)))

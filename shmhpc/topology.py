@@ -67,6 +67,8 @@ class Node:
     cpus: tuple[int, ...]
     mem_total_bytes: int | None
     mem_free_bytes: int | None
+    # ACPI SLIT distances to every node in id order (10 = local), from nodeN/distance; None if unknown
+    distances: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,13 @@ class Topology:
         inst = {c.shared_cpus: c.size_bytes or 0 for c in self.caches if c.level == top and c.type != "Instruction"}
         return sum(inst.values()) or None
 
+    def distance_matrix(self) -> dict | None:
+        """``{"nodes": [ids], "matrix": [[d]]}`` (row i: node i's distance to each node), or None if unknown."""
+        rows = [n.distances for n in self.nodes.values()]
+        if not rows or any(r is None for r in rows):
+            return None
+        return {"nodes": list(self.nodes), "matrix": [list(r) for r in rows if r is not None]}
+
     def to_dict(self) -> dict:
         """JSON-ready description (CPU lists as integer lists)."""
         return {
@@ -149,9 +158,11 @@ class Topology:
                     "cpus": list(n.cpus),
                     "mem_total_bytes": n.mem_total_bytes,
                     "mem_free_bytes": n.mem_free_bytes,
+                    "distances": None if n.distances is None else list(n.distances),
                 }
                 for n in self.nodes.values()
             ],
+            "numa_distances": self.distance_matrix(),
             "cpus": [
                 {
                     "id": c.id,
@@ -266,8 +277,11 @@ def read_topology(root: str | os.PathLike[str] | None = None, allowed_cpus: list
     node_cpus, node_mem = _read_nodes(base / "devices" / "system" / "node", online, notes)
     cpu_node = {c: nid for nid, cs in node_cpus.items() for c in cs}
     cpus, caches = _read_cpus(cpu_dir, online, cpu_node, notes)
+    node_dir = base / "devices" / "system" / "node"
+    dist = _read_distances(node_dir, sorted(node_cpus), notes) if node_dir.is_dir() else {}
     nodes = {
-        nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1]) for nid in sorted(node_cpus)
+        nid: Node(nid, tuple(sorted(node_cpus[nid])), node_mem[nid][0], node_mem[nid][1], dist.get(nid))
+        for nid in sorted(node_cpus)
     }
     usable, source, quota = _usable(root_s, online, allowed_cpus, notes)
     cache_list = sorted(caches.values(), key=lambda k: (k.level, k.shared_cpus, k.type))
@@ -299,6 +313,24 @@ def _read_online(cpu_dir: Path, root_s: str, notes: list[str]) -> list[int]:
     if not online:
         raise SpecError(f"sysfs root: {root_s!r} lists no online CPUs")
     return online
+
+
+def _read_distances(node_dir: Path, ids: list[int], notes: list[str]) -> dict[int, tuple[int, ...] | None]:
+    """Each node's ``distance`` file: one value per node, in node id order (the kernel's format)."""
+    out: dict[int, tuple[int, ...] | None] = {}
+    for nid in ids:
+        text = read_text(node_dir / f"node{nid}" / "distance")
+        try:
+            values = tuple(int(v) for v in text.split()) if text is not None else None
+        except ValueError:
+            values = None
+        if text is not None and (values is None or len(values) != len(ids)):
+            notes.append(
+                f"node {nid}: distance {text.strip()!r} does not give one number per node ({len(ids)}); ignored"
+            )
+            values = None
+        out[nid] = values
+    return out
 
 
 def _read_nodes(

@@ -18,12 +18,14 @@ def build_sysfs(
     online: list[int] | None = None,
     mem_kb: dict[int, int] | None = None,
     llc_kb_per_package: int = 32768,
+    distances: dict[int, list[int]] | None = None,
 ) -> Path:
     """Write a tree under ``root``.
 
     cores: cpu id -> (physical_package_id, core_id) for every *present* CPU.
     nodes: node id -> CPU ids (empty list: memory-only node).
     online: online CPUs (default: all present).
+    distances: node id -> its ``distance`` line (default: 10 to itself, 21 to every other node).
     """
     cpu_dir = root / "devices" / "system" / "cpu"
     node_dir = root / "devices" / "system" / "node"
@@ -71,6 +73,8 @@ def build_sysfs(
         nd = node_dir / f"node{nid}"
         nd.mkdir(exist_ok=True)
         (nd / "cpulist").write_text(format_cpulist(cpus) + "\n")
+        row = (distances or {}).get(nid) or [10 if other == nid else 21 for other in sorted(nodes)]
+        (nd / "distance").write_text(" ".join(map(str, row)) + "\n")
         total = mem_kb.get(nid, 16 * 1024 * 1024)
         (nd / "meminfo").write_text(
             f"Node {nid} MemTotal:       {total} kB\nNode {nid} MemFree:        {total // 2} kB\n"

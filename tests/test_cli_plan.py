@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakesys import memory_only_node, two_socket_smt
+from fakesys import build_sysfs, memory_only_node, two_socket_smt
 
 from shmhpc.cpulist import format_cpulist
 
@@ -140,6 +140,33 @@ def test_topology_human(tree: Path, tmp_path: Path) -> None:
     proc = shmhpc("topology", "--sysfs-root", memory_only)
     assert proc.returncode == 0, proc.stderr
     assert "node 2: CPUs none (memory only), memory 64.0 GiB" in proc.stdout
+
+
+def test_topology_shows_the_node_distances(tree: Path, tmp_path: Path) -> None:
+    """The firmware's SLIT as the kernel gives it (nodeN/distance): in --json and as a table."""
+    out = ok_json(shmhpc("topology", "--sysfs-root", tree, "--json"))
+    assert out["numa_distances"] == {"nodes": [0, 1], "matrix": [[10, 21], [21, 10]]}
+    assert [n["distances"] for n in out["nodes"]] == [[10, 21], [21, 10]]
+    snc = build_sysfs(
+        tmp_path / "snc",
+        cores={c: (0, c) for c in range(8)},
+        nodes={0: [0, 1, 2, 3], 1: [4, 5, 6, 7], 3: []},  # ids need not be contiguous; node 3: memory only
+        distances={0: [10, 12, 31], 1: [12, 10, 31], 3: [31, 31, 10]},
+    )
+    proc = shmhpc("topology", "--sysfs-root", snc)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("node distances (10: local; from the firmware's SLIT):\n", 1)[1].splitlines()[:4]
+    assert [line.split() for line in table] == [
+        ["0", "1", "3"],
+        ["0", "10", "12", "31"],
+        ["1", "12", "10", "31"],
+        ["3", "31", "31", "10"],
+    ]
+    (snc / "devices/system/node/node1/distance").write_text("12 10\n")  # one value short: not trusted
+    out = ok_json(shmhpc("topology", "--sysfs-root", snc, "--json"))
+    assert out["numa_distances"] is None and out["nodes"][1]["distances"] is None
+    assert "node 1: distance '12 10' does not give one number per node (3); ignored" in out["notes"]
+    assert "node distances" not in shmhpc("topology", "--sysfs-root", snc).stdout
 
 
 def test_bad_placement_exits_2_with_one_line(tmp_path: Path, tree: Path) -> None:

@@ -150,7 +150,13 @@ def test_memory_only_node(tmp_path: Path) -> None:
     assert len(topo.usable_cores()) == 8
     assert topo.notes == []
     d = topo.to_dict()
-    assert d["nodes"][2] == {"id": 2, "cpus": [], "mem_total_bytes": 64 * GIB, "mem_free_bytes": 32 * GIB}
+    assert d["nodes"][2] == {
+        "id": 2,
+        "cpus": [],
+        "mem_total_bytes": 64 * GIB,
+        "mem_free_bytes": 32 * GIB,
+        "distances": [21, 21, 10],
+    }
 
 
 def test_offline_noncontiguous(tmp_path: Path) -> None:
