@@ -30,7 +30,6 @@ import numpy as np
 __all__ = [
     "AUTO_MIN_BYTES_PER_WORKER",
     "BLOCK",
-    "ENGINES",
     "GROUP",
     "choose_engine",
     "numba_installed",
@@ -38,7 +37,6 @@ __all__ = [
     "sum_float64",
 ]
 
-ENGINES = ("auto", "numpy", "numba")
 # Larger blocks are faster (less work per block) and loosen the bound: with 4096 a 10M-element chunk's
 # depth is <= 4362 (numpy's buffered float64 sum: ~1240), gamma_4362 = 4.8e-13 relative to sum|x|; at 2 GB
 # with 2 workers 4096 ran 1.19x faster than 512 (with the prefetch below; benchmarks/).

@@ -21,6 +21,7 @@ from .hugepages import SegmentPages
 from .hugepages import choose as choose_pages
 from .kernels import make_kernel
 from .placement import Plan, cpus_needed, plan_job
+from .reductions import BuiltinKernel
 from .report import now_stamp
 from .spec import JobSpec, policy_slug
 from .topology import Topology
@@ -87,8 +88,8 @@ def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] 
             )
         except ValueError as exc:
             errors.append(str(exc))
-        if engine != "numpy":
-            kernel = make_kernel(spec.kernel, spec.accumulate, list(search_path), engine)
+        if isinstance(kernel, BuiltinKernel):  # choose_engine gives numba to built-in sum/mean only
+            kernel.engine = engine
     if errors or data is None or plan is None:
         raise SpecError(errors)
     return Prepared(spec, data, plan, topology, search_path, kernel, engine, engine_reason, pages)
