@@ -104,19 +104,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from .numa_policy import planned
     from .planning import prepare
 
     spec = _load(args, args.spec)
     topo = _read_topology(args)
     prep = prepare(spec, topo, Path(args.spec).resolve().parent)
+    # the segment's page size as planned: a hugetlbfs page, else the base page (mbind ranges are cut on it)
+    numa, numa_lines = planned(prep.plan, spec.numa, topo, prep.data.nbytes, prep.pages.page_bytes or topo.page_bytes)
     if args.json:
         out = prep.plan.to_dict()
         out["job"] = spec.name
         out["data"] = prep.data.to_dict()
+        out["numa"] = numa
         print(json.dumps(out, indent=2, sort_keys=True))
     else:
         print(f"plan for {spec.name} ({args.spec}):")
         print(prep.plan.format_table())
+        print("\n".join(numa_lines))
     return 0
 
 

@@ -81,6 +81,17 @@ def _placement_text(r: RunReport) -> str | None:
     return " / ".join(format_cpulist(sorted(w.cpus or [])) for w in r.plan.workers)
 
 
+def _numa_text(r: RunReport) -> str | None:
+    """``bind``, ``bind (NOT applied)``, ``none, launcher-written``: the memory policy a run had."""
+    pl, numa = r.placement, r.job.numa
+    policy = (pl.policy if pl is not None else None) or (numa.placement if numa is not None else None)
+    if policy is None:
+        return None
+    writer = (pl.writer if pl is not None else None) or (numa.writer if numa is not None else None)
+    text = policy + (" (NOT applied)" if pl is not None and pl.applied is False else "")
+    return text + (", launcher-written" if writer == "launcher" and policy != "none" else "")
+
+
 def _allocation_text(slurm: Slurm | None) -> str:
     """``slurm, 2 CPUs per task, cpu-bind none`` for a run inside a Slurm job, ``-`` outside."""
     if slurm is None:
@@ -101,6 +112,7 @@ def run_settings(report: RunReport | dict[str, Any], source: str = "report") -> 
         "placement": _placement_text(r),
         "start_method": _start_method(r),
         "numa.partition": job.numa.partition if job.numa else None,
+        "numa.placement": _numa_text(r),
         "chunks_per_worker": job.chunks_per_worker,
         "accumulate": job.accumulate,
         "engine": r.result.engine if r.result is not None else None,
@@ -126,6 +138,7 @@ LABEL_KEYS = {
     "threads_per_worker": "t=",
     "start_method": "",
     "numa.partition": "partition=",
+    "numa.placement": "",
     "chunks_per_worker": "chunks=",
     "accumulate": "acc=",
     "engine": "",
@@ -354,11 +367,7 @@ def _placement(r: RunReport) -> tuple[bool | None, bool, str, list[WorkerPlace],
                 f"rank {w.rank} asked {format_cpulist(req)}, observed {format_cpulist(obs)}, "
                 f"ran on {format_cpulist(ran) or '-'}"
             )
-    pages = [
-        f"rows {p.start}-{p.stop}: {p.fraction_on_node:.0%} of sampled pages on node {p.node}"
-        for p in (r.pages.partitions if r.pages else None) or []
-        if p.fraction_on_node is not None
-    ]
+    pages = _page_lines(r)
     if not places:
         return pinned, False, f"no worker placement recorded (status {r.status})", places, pages
     if pinned:
@@ -373,6 +382,30 @@ def _placement(r: RunReport) -> tuple[bool | None, bool, str, list[WorkerPlace],
     if len(union) == 1:
         verdict += "; only one CPU was usable, so they shared it"
     return pinned, True, verdict, places, pages
+
+
+def _page_lines(r: RunReport) -> list[str]:
+    """Where each partition's sampled pages are: against the policy's intended nodes when the report has a
+    ``placement`` section, else against the node of the workers that read them."""
+    pl = r.placement
+    if pl is not None and pl.partitions:
+        out = []
+        for p in pl.partitions:
+            if p.fraction_intended is None:
+                continue
+            line = (
+                f"{pl.policy}: rows {p.start}-{p.stop} (read on node {p.node}): {p.fraction_intended:.1%} of "
+                f"{p.sampled} sampled pages on node {format_cpulist(p.intended_nodes or [])}"
+            )
+            if p.shares:
+                line += " (" + ", ".join(f"node {n} {v:.1%}" for n, v in p.shares.items()) + ")"
+            out.append(line + ("" if p.passed is not False else f" — below min_local {pl.min_local}"))
+        return out
+    return [
+        f"rows {p.start}-{p.stop}: {p.fraction_on_node:.0%} of sampled pages on node {p.node}"
+        for p in (r.pages.partitions if r.pages else None) or []
+        if p.fraction_on_node is not None
+    ]
 
 
 def _metric_values(r: RunReport) -> dict[str, list[float]]:

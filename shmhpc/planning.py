@@ -20,6 +20,7 @@ from .fastsum import choose_engine
 from .hugepages import SegmentPages
 from .hugepages import choose as choose_pages
 from .kernels import make_kernel
+from .numa_policy import check_nodes
 from .placement import Plan, cpus_needed, plan_job
 from .reductions import BuiltinKernel
 from .report import now_stamp
@@ -71,6 +72,7 @@ def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] 
             )
         except SpecError as exc:
             errors.extend(exc.messages)
+    errors.extend(check_nodes(spec.numa.nodes, topology))
     search_path = (str(Path(spec_dir).resolve()),)
     try:
         kernel = make_kernel(spec.kernel, spec.accumulate, list(search_path))

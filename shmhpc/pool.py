@@ -38,6 +38,7 @@ from .data import DataInfo, RowFiller
 from .errors import RunError, RunInterrupted
 from .kernels import make_kernel
 from .numa import page_nodes
+from .numa_policy import PolicyRange, apply_ranges
 from .reductions import BuiltinKernel
 from .shm import Segment
 from .signals import STOP_SIGNALS, blocked
@@ -71,6 +72,10 @@ class WorkerInit:
     # ``bench``: this worker's element range [lo, hi) in each of the three STREAM arrays a, b, c that
     # fill the data (float64, ``data.shape == (3 * n,)``); None for a normal job.
     stream: tuple[int, int] | None = None
+    # ``numa.placement`` bind/interleave: the policy ranges each process sets on its own mapping before any
+    # page is touched (tmpfs keeps one policy per file; a hugetlbfs mapping needs it in every process).
+    numa_ranges: tuple[PolicyRange, ...] = ()
+    fill: bool = True  # False when the launcher wrote the data (numa.writer: launcher): map the rows, do not write
 
 
 # Control slots: one row of int64 per worker, written by the worker before each
@@ -217,6 +222,7 @@ class _Worker:
         )
         self.arr = self.seg.array(init.data.dtype, init.data.shape)
         self.ctl = self.seg.view(np.int64, (CTL_FIELDS,), init.ctl_offset + init.rank * CTL_FIELDS * 8)
+        numa_policy = apply_ranges(self.seg.address(), init.numa_ranges) if init.numa_ranges else None
         self.kernel = make_kernel(init.kernel, init.accumulate, list(init.search_path), init.engine)
         if isinstance(self.kernel, BuiltinKernel):  # a user kernel's own `prepare`, if any, is not ours to call
             self.kernel.prepare()  # e.g. import numba and load its compiled loop now, not in the first timed round
@@ -224,6 +230,7 @@ class _Worker:
             "rank": init.rank,
             "pid": os.getpid(),
             "cpus_observed": observed,
+            "numa_policy": numa_policy,
             "threads": {
                 "requested": init.threads,
                 "env": {k: os.environ.get(k) for k in init.env},
@@ -243,13 +250,18 @@ class _Worker:
         lo, hi = init.rows
         rb = init.data.row_bytes
         ctl[:3] = (PHASE_LOAD, 0, -1)
-        # Reserve our pages now: out of memory becomes an error here, not a SIGBUS in a repeat.
-        reserved_by = seg.reserve(lo * rb, (hi - lo) * rb)
-        filler = RowFiller(self.arr, init.data)
-        for ix, (a, b) in enumerate(init.chunks):
-            self.chunk = ctl[2] = ix
-            filler.fill(a, b)
-        self.chunk = None
+        if init.fill:
+            # Reserve our pages now: out of memory becomes an error here, not a SIGBUS in a repeat.
+            reserved_by = seg.reserve(lo * rb, (hi - lo) * rb)
+            filler = RowFiller(self.arr, init.data)
+            for ix, (a, b) in enumerate(init.chunks):
+                self.chunk = ctl[2] = ix
+                filler.fill(a, b)
+            self.chunk = None
+        else:  # the launcher wrote them: map our rows' pages so move_pages can say where they are
+            if not seg.populate(lo * rb, (hi - lo) * rb, write=False):
+                np.add.reduce(self.arr.reshape(-1).view(np.uint8)[lo * rb : hi * rb : seg.page_bytes], dtype=np.uint64)
+            reserved_by = "launcher"
         ctl[:3] = (PHASE_IDLE, 0, -1)
         dt = time.perf_counter() - t0
         pages = page_nodes(seg.address() + lo * rb, (hi - lo) * rb)

@@ -21,6 +21,7 @@ from .allocation import cpu_bind_type
 from .cpulist import format_cpulist
 from .errors import SpecError
 from .hugepages import format_bytes
+from .numa_policy import placement_line
 from .outputs import Output, write_text
 from .tables import format_seconds
 from .threads import relevant_env
@@ -282,6 +283,9 @@ def summarize(report: dict, with_error: bool = True) -> str:
     pages = _segment_pages(report.get("segment"))
     if pages:
         lines.append(pages)
+    placed = placement_line(report.get("placement"))
+    if placed:
+        lines.append(f"  {placed}")
     res = report.get("result") or {}
     if res:
         v = res.get("value")

@@ -55,6 +55,8 @@ class Host(_Section):
 
 class JobNuma(_Section):
     partition: bool | None = None
+    placement: str | None = None
+    writer: str | None = None
 
 
 class Job(_Section):
@@ -133,6 +135,7 @@ class Worker(_Section):
     chunks: list[list[int]] | None = None
     threads: dict[str, Any] | None = Field(None, description="the env it saw and threadpool_info()")
     load_s: Seconds | None = None
+    launcher_write_s: Seconds | None = Field(None, description="numa.writer: launcher — its seconds writing the data")
     reserved_by: str | None = None
     pages: dict[str, int] | None = Field(None, description="sampled pages per NUMA node")
     repeat_s: list[Seconds] | None = None
@@ -152,6 +155,43 @@ class Pages(_Section):
     partitions: list[PagePartition] | None = None
 
 
+class PlacementPartition(_Section):
+    """One partition under ``numa.placement``: where its pages were meant to go and where they are."""
+
+    index: int | None = None
+    node: int | None = Field(None, description="the node of the workers that read these rows")
+    start: int | None = None
+    stop: int | None = None
+    ranks: list[int] | None = None
+    intended_nodes: list[int] | None = Field(None, description="where the policy means the pages to be")
+    sampled_pages_by_node: dict[str, int] | None = None
+    sampled: int | None = None
+    on_intended: int | None = None
+    fraction_intended: Finite | None = None
+    passed: bool | None = None
+    shares: dict[str, Finite] | None = Field(None, description="interleave: each chosen node's share of the pages")
+    max_deviation_from_even: Finite | None = None
+    deviation_allowed: Finite | None = None
+
+
+class Placement(_Section):
+    """``numa.placement``: the policy asked and applied (or why not), and the check of every partition."""
+
+    policy: str | None = None
+    applied: bool | None = Field(None, description="the mbind policy held (null: first-touch/none set none)")
+    reason: str | None = None
+    writer: str | None = None
+    nodes: list[int] | None = None
+    verify: str | None = None
+    min_local: Finite | None = None
+    method: str | None = None
+    criterion: str | None = None
+    partitions: list[PlacementPartition] | None = None
+    fraction_intended: Finite | None = None
+    passed: bool | None = None
+    summary: str | None = None
+
+
 class RepeatStats(_Section):
     median: Finite | None = None
     mean: Finite | None = None
@@ -163,6 +203,7 @@ class RepeatStats(_Section):
 class Timings(_Section):
     pool_start_s: Seconds | None = None
     load_s: Seconds | None = None
+    launcher_write_s: Seconds | None = Field(None, description="numa.writer: launcher — its seconds writing the data")
     warmup_s: list[Seconds] | None = None
     repeat_s: list[Seconds] | None = Field(None, description="wall time of each repeat")
     repeat: RepeatStats | None = None
@@ -308,6 +349,7 @@ class RunReport(_Section):
     plan: Plan | None = None
     workers: list[Worker] | None = None
     pages: Pages | None = None
+    placement: Placement | None = None
     timings: Timings | None = None
     bandwidth: Bandwidth | None = None
     result: Result | None = None

@@ -25,6 +25,7 @@ from .cpulist import format_cpulist
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
 from .hugepages import filesystem_of, measured
 from .kernels import state_count
+from .numa_policy import judge
 from .outputs import Output, OutputError, check_output
 from .placement import Plan
 from .planning import Prepared, check_runnable_here, check_slurm_step, prepare, report_path_for
@@ -205,7 +206,8 @@ def _start(session: RunSession, report: dict, timings: dict, progress: NullProgr
 def _load(session: RunSession, report: dict, timings: dict, progress: NullProgress) -> None:
     """Each owner reserves, first-touches and fills its rows; where the pages landed."""
     data = session.prep.data
-    progress.phase(f"loading {data.nbytes / 1e6:,.1f} MB ({data.source}) by the owning workers")
+    by = "the launcher" if session.prep.spec.numa.data_writer == "launcher" else "the owning workers"
+    progress.phase(f"loading {data.nbytes / 1e6:,.1f} MB ({data.source}) by {by}")
     t0 = time.perf_counter()
     loads = session.load()
     timings["load_s"] = time.perf_counter() - t0
@@ -215,9 +217,52 @@ def _load(session: RunSession, report: dict, timings: dict, progress: NullProgre
         w["reserved_by"] = ld["reserved_by"]
         w["pages"] = ld["pages"]
     report["pages"] = _pages_by_partition(session.prep.plan, loads)
+    _placement(session, report, loads, timings)
     if report.get("segment"):  # the page size the segment really got, measured where the owners touched it
         report["segment"].update(measured([ld.get("mapping") for ld in loads]))
         report["segment"]["page_bytes_measured_by"] = MEASURED_BY
+
+
+def _placement(session: RunSession, report: dict, loads: list[dict], timings: dict) -> None:
+    """The ``placement`` section; ``numa.verify`` warn adds a warning, strict fails the run before any round."""
+    prep = session.prep
+    numa = prep.spec.numa
+    if session.write_s is not None:
+        timings["launcher_write_s"] = session.write_s
+    section = judge(
+        prep.plan,
+        numa,
+        prep.topology,
+        loads,
+        session.numa_applied,
+        session.numa_notes,
+        [h.get("numa_policy") for h in session.hello],
+    )
+    report["placement"] = section
+    if section["applied"] is False:
+        report["warnings"].append(f"numa.placement: {numa.placement} was not applied: {section['reason']}")
+    if numa.verify == "report":
+        return
+    if section["passed"] is None:
+        problem = f"placement ({numa.placement}) could not be checked: {section['summary'] or 'no placement'}"
+    elif section["passed"] is False:
+        bad = [p for p in section["partitions"] if p["passed"] is False]
+        problem = f"placement ({numa.placement}) is not as intended: " + "; ".join(
+            f"rows {p['start']}-{p['stop']} (read on node {p['node']}) have {100 * p['fraction_intended']:.1f} % "
+            f"of {p['sampled']} sampled pages on node {format_cpulist(p['intended_nodes'])}"
+            + (f", shares {_shares(p['shares'])}" if p.get("shares") else "")
+            for p in bad
+        )
+        problem += f" (numa.min_local {numa.min_local})"
+    else:
+        return
+    if numa.verify == "strict":
+        raise RunError(f"{problem} (numa.verify: strict)")
+    report["warnings"].append(problem)
+
+
+def _shares(shares: dict[str, float]) -> str:
+    return " / ".join(f"node {n} {100 * v:.1f} %" for n, v in shares.items())
 
 
 def _rounds(session: RunSession, report: dict, timings: dict, progress: NullProgress, flag: StopSignals) -> list[dict]:

@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from .data import RowFiller
 from .errors import RunError, SpecError
 from .kernels import combine_all
+from .numa_policy import PolicyRange, apply_ranges, policy_ranges
 from .planning import Prepared
 from .pool import CTL_FIELDS, Pool, WorkerInit, ctl_bytes
 from .resources import check_fits
@@ -87,6 +89,12 @@ class RunSession:
         self.teardown_s: float | None = None
         self._ctl_offset = 0
         self.pages = prep.pages  # where the segment goes; after __enter__, where it went and why
+        # numa.placement bind/interleave: the mbind ranges, notes on rows left without a policy, and whether
+        # the launcher's mbind calls held (set in __enter__, before any page of the array exists)
+        self.numa_ranges: list[PolicyRange] = []
+        self.numa_notes: list[str] = []
+        self.numa_applied: dict[str, Any] | None = None
+        self.write_s: float | None = None  # numa.writer: launcher — the launcher's seconds writing the data
 
     # -- lifetime ----------------------------------------------------------------------------
     def __enter__(self) -> RunSession:
@@ -100,7 +108,6 @@ class RunSession:
         if pages.hugetlbfs is not None and pages.page_bytes:
             try:
                 self.segment = self._create(pages.hugetlbfs, pages.page_bytes)
-                return self
             except RunError as exc:
                 if pages.mode == "require":
                     raise SpecError(
@@ -108,9 +115,27 @@ class RunSession:
                         " or set huge_pages: auto"
                     ) from None
                 self.pages = replace(pages, hugetlbfs=None, page_bytes=None, fallback=str(exc))
-        check_fits(self.prep.data.nbytes, self.shm_dir)
-        self.segment = self._create(self.shm_dir, None)
+        if self.segment is None:
+            check_fits(self.prep.data.nbytes, self.shm_dir)
+            self.segment = self._create(self.shm_dir, None)
+        try:
+            self._set_policy(self.segment)
+        except BaseException:  # __exit__ will not run: the segment must not outlive a failed __enter__
+            self.close()
+            raise
         return self
+
+    def _set_policy(self, seg: Segment) -> None:
+        """numa.placement bind/interleave: mbind the array's ranges in the launcher's mapping, now, while no
+        page exists (aligned to the segment's real page size). Refused: the run goes on without, saying why."""
+        prep = self.prep
+        self.numa_ranges, self.numa_notes = policy_ranges(
+            prep.plan, prep.spec.numa, prep.topology, prep.data.nbytes, seg.page_bytes
+        )
+        if self.numa_ranges:
+            self.numa_applied = apply_ranges(seg.address(), self.numa_ranges)
+        elif prep.spec.numa.placement in ("bind", "interleave"):
+            self.numa_applied = {"applied": False, "reason": "; ".join(self.numa_notes) or "nothing to bind"}
 
     def _create(self, where: str, huge_page_bytes: int | None) -> Segment:
         # The data from offset 0, padded to the page (or huge page) size the partitions are aligned to, and
@@ -152,6 +177,8 @@ class RunSession:
                 segment_page_bytes=self.pages.page_bytes if self.pages.hugetlbfs else None,
                 huge_advise=self.pages.advise,
                 stream=parts[w.rank] if parts else None,
+                numa_ranges=tuple(self.numa_ranges) if (self.numa_applied or {}).get("applied") else (),
+                fill=spec.numa.data_writer == "owners" or self.stream,
             )
             for w in prep.plan.workers
         ]
@@ -210,8 +237,23 @@ class RunSession:
         return self.pool
 
     def load(self) -> list[dict]:
-        """Every owner reserves, first-touches and fills its rows; per worker: seconds, method, page nodes."""
-        return self._running().load()
+        """Every owner reserves, first-touches and fills its rows; per worker: seconds, method, page nodes.
+
+        With ``numa.writer: launcher`` this process writes the whole array first (one writer, wherever the
+        scheduler runs it: only a policy decides where the pages go), then each worker maps its rows.
+        """
+        pool = self._running()
+        if self.prep.spec.numa.data_writer == "launcher" and not self.stream:
+            seg, data = self._segment(), self.prep.data
+            t0 = time.perf_counter()
+            seg.reserve(0, data.nbytes)
+            arr = seg.array(data.dtype, data.shape)
+            try:
+                RowFiller(arr, data).fill(0, data.n_rows)
+            finally:
+                del arr
+            self.write_s = time.perf_counter() - t0
+        return pool.load()
 
     def round(self, index: int) -> tuple[float, list[dict]]:
         """One round: every worker reduces its chunks. Returns (wall seconds, per-worker replies)."""

@@ -68,6 +68,7 @@ _NAME_RE = re.compile(r"^shmhpc-u(\d+)-p(\d+)-j(\d+)-([0-9a-f]{16})$")
 # Linux >= 5.14: fault in (allocate) a range of a shared mapping in one call, and
 # report failure as an error instead of a later SIGBUS (madvise(2)).
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # map pages that exist (another process wrote them)
 PAGE = mmap.PAGESIZE
 # An empty segment nobody has locked yet is left alone this long: its creator may be between open and flock.
 CREATING_GRACE_S = 10.0
@@ -210,24 +211,27 @@ class Segment:
             raise RunError(f"segment {self.name} is closed")
         return np.frombuffer(self._map, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset).reshape(shape)
 
-    def populate(self, offset: int, length: int) -> bool:
+    def populate(self, offset: int, length: int, write: bool = True) -> bool:
         """Fault in (allocate) the whole pages inside ``[offset, offset+length)``.
 
         This is the first touch: done by the worker pinned where the data should
         live, it puts the pages on that worker's NUMA node. Returns False when
         the kernel lacks MADV_POPULATE_WRITE (the caller's writes then fault the
         pages in one by one). Raises ``OSError`` (ENOMEM/EFAULT) when memory
-        runs out — instead of the SIGBUS a plain write would get.
+        runs out — instead of the SIGBUS a plain write would get. ``write=False``: map the
+        pages that exist (``MADV_POPULATE_READ``), e.g. written by another process.
         """
         if self._map is None:
             raise RunError(f"segment {self.name} is closed")
         page = self.page_bytes
-        start = -(-offset // page) * page
-        stop = ((offset + length) // page) * page
+        if write:  # whole pages only: a page shared with a neighbour is its first toucher's
+            start, stop = -(-offset // page) * page, (offset + length) // page * page
+        else:  # every page our bytes are on (they exist: another process wrote them)
+            start, stop = offset // page * page, min(self.size, -(-(offset + length) // page) * page)
         if stop <= start:
             return True
         try:
-            self._map.madvise(MADV_POPULATE_WRITE, start, stop - start)
+            self._map.madvise(MADV_POPULATE_WRITE if write else MADV_POPULATE_READ, start, stop - start)
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.ENOSYS):  # kernel older than 5.14
                 return False

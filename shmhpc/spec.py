@@ -308,10 +308,50 @@ def _data_problems(d: Mapping[str, Any], bad: frozenset[str] = frozenset()) -> l
     return errs
 
 
+NodeId = Annotated[int, Field(strict=True, ge=0, le=_MAX_CPU_ID), BeforeValidator(_whole)]
+
+
 class NumaSpec(_Model):
-    """NUMA data placement."""
+    """NUMA data placement: which rows go with which node, the memory policy that puts them there, and the check."""
 
     partition: bool = Field(True, description="one partition per NUMA node that has workers, sized by its worker count")
+    placement: Literal["first-touch", "bind", "interleave", "none"] = Field(
+        "first-touch", description="first-touch | bind | interleave | none (see README: NUMA placement)"
+    )
+    nodes: Annotated[list[NodeId], Field(min_length=1)] | None = Field(
+        None, description="distinct node ids for bind/interleave (default: the nodes the workers run on)"
+    )
+    writer: Literal["auto", "owners", "launcher"] = Field(
+        "auto", description="auto | owners | launcher: who writes the data (auto: launcher for placement none)"
+    )
+    verify: Literal["report", "warn", "strict"] = Field(
+        "report", description="report | warn | strict: what a partition below min_local does"
+    )
+    min_local: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), BeforeValidator(_number)] = Field(
+        0.99, description="a fraction in (0, 1]: of a partition's sampled pages, how many must be where intended"
+    )
+
+    @field_validator("nodes")
+    @classmethod
+    def _distinct_nodes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("a node is named twice")
+        return v
+
+    @model_validator(mode="after")
+    def _nodes_need_a_policy(self) -> NumaSpec:
+        if self.nodes is not None and self.placement not in ("bind", "interleave"):
+            raise _problems(
+                [("nodes", f"{self.nodes} is only used with placement bind or interleave (got {self.placement!r})")]
+            )
+        return self
+
+    @property
+    def data_writer(self) -> str:
+        """``owners`` or ``launcher``: ``auto`` resolved."""
+        if self.writer != "auto":
+            return self.writer
+        return "launcher" if self.placement == "none" else "owners"
 
 
 # Slurm's own time formats (sbatch --time): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.

@@ -203,6 +203,8 @@ class Entry:
     median_gbps: float | None = None
     exit_code: int | None = None
     saved: bool = True  # False: the run's report could not be written (its reason says why)
+    pages_where_intended: float | None = None  # the report's placement.fraction_intended
+    policy_applied: bool | None = None  # placement.applied: False when an mbind policy was refused
     spec: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,13 +220,22 @@ class Entry:
             "median_repeat_s": self.median_repeat_s,
             "median_gbps": self.median_gbps,
             "exit_code": self.exit_code,
+            "pages_where_intended": self.pages_where_intended,
+            "policy_applied": self.policy_applied,
         }
+
+
+def _placed(e: dict[str, Any]) -> str:
+    """``100.0 %`` of sampled pages where the placement meant them; ``(not applied)`` when a policy was refused."""
+    frac = e.get("pages_where_intended")
+    text = "-" if frac is None else f"{100 * frac:.1f} %"
+    return text + (" (not applied)" if e.get("policy_applied") is False else "")
 
 
 def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the sweep table: one row per combination."""
     keys = [a["key"] for a in summary["vary"]]
-    headers = ["#", *keys, "status", "median repeat", "median GB/s", "report / reason"]
+    headers = ["#", *keys, "status", "median repeat", "median GB/s", "pages placed", "report / reason"]
     rows = []
     for e in summary["runs"]:
         vals = dict(o.split("=", 1) for o in e["overrides"])
@@ -235,6 +246,7 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 e["status"],
                 format_seconds(e["median_repeat_s"]),
                 "-" if e["median_gbps"] is None else f"{e['median_gbps']:.2f}",
+                _placed(e),
                 (e["report"] or "") + (f" ({e['reason']})" if e["reason"] and e["report"] else (e["reason"] or "")),
             ]
         )
@@ -317,6 +329,9 @@ def _run_entry(
     e.saved = r.report_path is not None
     e.median_repeat_s = r.timings.repeat.median if r.timings and r.timings.repeat else None
     e.median_gbps = r.bandwidth.gbps.median if r.bandwidth and r.bandwidth.gbps else None
+    if r.placement is not None:
+        e.pages_where_intended = r.placement.fraction_intended
+        e.policy_applied = r.placement.applied
     if e.status == "ok":
         progress.line(
             f"{tag}: ok, median {format_seconds(e.median_repeat_s)}, "

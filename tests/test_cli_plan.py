@@ -93,6 +93,9 @@ def test_plan_table(tmp_path: Path, tree: Path) -> None:
     assert lines[5].split()[:3] == ["1", "4-7,12", "1"]
     assert lines[6].startswith("partition node 0: rows 0-")
     assert lines[7].startswith("partition node 1: rows ")
+    assert (
+        lines[8] == "memory: first-touch (each owner writes its rows first), written by the owners, numa.verify report"
+    )
 
 
 def test_allowed_cpus_flag(tmp_path: Path, tree: Path) -> None:
@@ -214,3 +217,22 @@ def test_plan_on_this_machine(tmp_path: Path) -> None:
     proc = shmhpc("plan", spec)
     assert proc.returncode == 0, proc.stderr
     assert f"usable CPUs: {format_cpulist(affinity)} (" in proc.stdout
+
+
+def test_plan_shows_the_mbind_ranges_of_a_policy(tmp_path: Path, tree: Path) -> None:
+    spec = write_spec(tmp_path, "workers: 4\npinning: scatter\nnuma: {placement: bind, verify: strict}\n")
+    proc = shmhpc("plan", spec, "--sysfs-root", tree)
+    assert proc.returncode == 0, proc.stderr
+    tail = proc.stdout.splitlines()[-3:]
+    assert (
+        tail[0] == "memory: bind (mbind(MPOL_BIND) before any page exists), written by the owners, numa.verify strict"
+    )
+    assert tail[1].startswith("  bytes 0-") and tail[1].endswith(": bind to node 0")
+    assert tail[2].endswith(": bind to node 1")
+    out = json.loads(shmhpc("plan", spec, "--sysfs-root", tree, "--json").stdout)
+    numa = out["numa"]
+    assert (numa["placement"], numa["writer"], numa["verify"]) == ("bind", "owners", "strict")
+    first, second = numa["ranges"]
+    assert first["offset"] == 0 and first["offset"] + first["length"] == second["offset"]
+    assert second["offset"] % numa["page_bytes"] == 0 and (first["nodes"], second["nodes"]) == ([0], [1])
+    assert second["offset"] == out["partitions"][1]["start"] * 4  # the partitions' page-aligned boundary

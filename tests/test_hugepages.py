@@ -458,6 +458,24 @@ def test_auto_without_free_pages_falls_back_and_says_why(hugetlbfs, tmp_path, no
     assert hugetlbfs.files() == []
 
 
+@pytest.mark.parametrize(
+    "numa", ["{placement: bind, verify: strict}", "{placement: interleave, writer: launcher, verify: strict}"]
+)
+def test_memory_policies_on_huge_pages(hugetlbfs, tmp_path, no_leak, numa):
+    """mbind on a hugetlbfs mapping needs huge-page boundaries, and the policy belongs to each process's
+    mapping (hugetlbfs keeps no shared policy): the launcher's and every worker's mbind must hold."""
+    free = _pool()[0]
+    spec = small_spec(tmp_path, data=DATA, huge_pages="require", numa=numa)
+    out = hugetlbfs.cli("run", str(spec), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = _report(spec)
+    assert rep["segment"]["page_bytes"] == HUGE and rep["status"] == "ok"
+    pl = rep["placement"]
+    assert pl["applied"] is True and pl["reason"] is None and pl["passed"] is True, pl
+    assert all(p["sampled"] > 0 and p["fraction_intended"] == 1.0 for p in pl["partitions"])
+    _wait_for_pool(free)
+
+
 def test_off_is_base_pages_in_dev_shm(hugetlbfs, tmp_path, no_leak):
     spec = small_spec(tmp_path, data=DATA, huge_pages="off")
     out = hugetlbfs.cli("run", str(spec), cwd=tmp_path)

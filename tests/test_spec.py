@@ -163,7 +163,11 @@ def test_spec_error_is_a_shmhpc_error_for_exit_code_2() -> None:
         (spec(pinning=[[0], [1, "x"]]), "pinning[1][1]: 'x' is not a CPU id"),
         (spec(workerz=2), "workerz: unknown key; did you mean 'workers'? (allowed: accumulate, chunks_per_worker, "),
         (data(size=10, dtyp="float32"), "data.dtyp: unknown key; did you mean 'dtype'? (allowed: distribution, "),
-        (spec(numa={"partitio": True}), "numa.partitio: unknown key; did you mean 'partition'? (allowed: partition)"),
+        (
+            spec(numa={"partitio": True}),
+            "numa.partitio: unknown key; did you mean 'partition'? "
+            "(allowed: min_local, nodes, partition, placement, verify, writer)",
+        ),
         (data(source="raw", dtype="int8", size=4), "data.path: source raw needs a file path"),
         (spec(workers=0), "workers: must be a positive integer or 'auto' (got 0)"),
         (spec(repeats=0), "repeats: Input should be greater than or equal to 1 (got 0)"),

@@ -195,7 +195,7 @@ def test_small_real_sweep_through_the_cli(tmp_path, no_leak):
     n_ok = sum(r["status"] == "ok" for r in runs)
     assert len(list(out_dir.glob("0*.json"))) == n_ok
     md = (out_dir / "sweep.md").read_text()
-    assert "| # | pinning | workers | status | median repeat | median GB/s | report / reason |" in md
+    assert "| # | pinning | workers | status | median repeat | median GB/s | pages placed | report / reason |" in md
     assert md.count("| skipped |") == len(runs) - n_ok
     # progress without a terminal: one plain line per finished or skipped run
     for i in range(1, len(runs) + 1):
