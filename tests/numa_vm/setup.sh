@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot setup for tests/test_numa_vm.py: everything needed to boot a throw-away QEMU guest
-# whose kernel sees 2 NUMA nodes, on a Debian 12 x86_64 host (root for the apt step).
+# whose kernel sees several NUMA nodes, on a Debian 12 x86_64 host (root for the apt step).
 #
 #   bash tests/numa_vm/setup.sh          # output in $NUMAVM_DIR (default /tmp/shmhpc-numa-vm)
 #
