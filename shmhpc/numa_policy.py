@@ -246,6 +246,9 @@ def judge(
         "fraction_intended": on / sampled if sampled else None,
         "passed": (all(p["passed"] for p in judged) if judged else None),
     }
+    cpu_nodes = [n for n in getattr(topology, "nodes", {}).values() if n.cpus]
+    if len(getattr(topology, "nodes", {})) == 1 and cpu_nodes:
+        section["note"] = "this machine has one NUMA node: every policy puts every page on it"
     section["summary"] = placement_line(section)
     return section
 

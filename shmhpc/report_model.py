@@ -189,6 +189,7 @@ class Placement(_Section):
     partitions: list[PlacementPartition] | None = None
     fraction_intended: Finite | None = None
     passed: bool | None = None
+    note: str | None = Field(None, description="e.g. one NUMA node: every policy is the same here")
     summary: str | None = None
 
 

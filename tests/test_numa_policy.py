@@ -213,6 +213,8 @@ def test_each_policy_runs_verifies_and_reports_its_placement(tmp_path, no_leak, 
     launcher = policy == "none"
     assert {w["reserved_by"] == "launcher" for w in rep["workers"]} == {launcher}
     assert ("launcher_write_s" in rep["timings"]) is launcher
+    if len(read_topology().nodes) == 1:
+        assert pl["note"] == "this machine has one NUMA node: every policy puts every page on it"
 
 
 def test_bind_with_the_launcher_writing(tmp_path, no_leak):
