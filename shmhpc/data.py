@@ -82,9 +82,9 @@ def describe_data(data: DataSpec, base_dir: str | os.PathLike[str] = ".") -> Dat
 
     Raises ``SpecError`` naming the field for a missing, truncated or mismatched file.
     """
-    if data.source == "generate":
+    if data.source in ("generate", "array", "empty"):  # array/empty: the Python API's (Session.share)
         shape = tuple(data.shape) if data.shape else (int(data.size or 0),)
-        return DataInfo("generate", shape, data.resolved_dtype, data.distribution, data.seed, None, 0)
+        return DataInfo(data.source, shape, data.resolved_dtype, data.distribution, data.seed, None, 0)
     path = Path(data.path or "")
     if not path.is_absolute():
         path = Path(base_dir) / path
@@ -178,8 +178,10 @@ class RowFiller:
             return
         if info.source == "generate":
             self._generate(e0, e1)
-        else:
+        elif info.source in ("npy", "raw"):
             _read_file(self.flat, info, e0, e1)
+        # "empty": the owner's reservation has zeroed its pages (Session.fill writes them); "array": the
+        # launcher copies it (only it has the array)
 
     def _generate(self, e0: int, e1: int) -> None:
         flat, info = self.flat, self.info

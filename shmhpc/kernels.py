@@ -48,6 +48,7 @@ __all__ = [
     "builtin_names",
     "combine_all",
     "describe_kernel",
+    "kernel_from_object",
     "make_kernel",
     "register_kernel",
     "state_count",
@@ -234,7 +235,11 @@ def _load_user(spec: str, search_path: list[str]) -> _UserKernel:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SpecError(f"kernel: {owner} has no attribute {part!r}{hint}")
         target = getattr(target, part)
+    return _wrap(target, spec, search_path)
 
+
+def _wrap(target: Any, spec: str, search_path: list[str]) -> _UserKernel:
+    """A user kernel around ``target``: a map/combine/finalize object (a class is instantiated) or a function."""
     methods = ("map", "combine", "finalize")
     present = [m for m in methods if callable(getattr(target, m, None))]
     if present:
@@ -325,6 +330,44 @@ def make_kernel(
         raise _unknown(spec)
     dirs = [os.path.abspath(os.fspath(d)) for d in (search_path or [])]
     return _load_user(spec, dirs)
+
+
+class _ByValue:
+    """Mixin: a kernel built from a Python object (``kernel_from_object``) pickles the object by value
+    (cloudpickle), so a function or class defined in a notebook or ``__main__`` reaches any worker."""
+
+    _target: Any
+    name: str
+
+    def __reduce__(self):
+        import cloudpickle
+
+        return (_kernel_from_bytes, (cloudpickle.dumps(self._target), self.name))
+
+
+class _FunctionByValue(_ByValue, _FunctionKernel):
+    pass
+
+
+class _ObjectByValue(_ByValue, _ObjectKernel):
+    pass
+
+
+def _kernel_from_bytes(payload: bytes, name: str) -> Kernel:
+    import pickle
+
+    # the bytes come from our own launcher, over the worker's private pipe (which multiprocessing unpickles anyway)
+    return kernel_from_object(pickle.loads(payload), name)  # noqa: S301
+
+
+def kernel_from_object(obj: Any, name: str | None = None) -> Kernel:
+    """A kernel from a Python object: a function ``f(chunk) -> number | ndarray`` (partial results added) or
+    an object or class with ``map``/``combine``/``finalize`` — the same rules as a ``"module:function"`` kernel,
+    for one defined where it is used (a notebook cell, ``__main__``). Pickled by value. Raises ``SpecError``."""
+    label = name or f"python:{getattr(obj, '__qualname__', None) or type(obj).__name__}"
+    kernel = _wrap(obj, label, [])
+    by_value = _ObjectByValue if isinstance(kernel, _ObjectKernel) else _FunctionByValue
+    return by_value(kernel.name, kernel._target, [], kernel.rtol, kernel.atol)
 
 
 def combine_all(kernel: Kernel, states: list) -> Any:

@@ -333,8 +333,9 @@ class _Worker:
             state = self.kernel.map(arr[a:b])
             secs.append(time.perf_counter() - t0)
             if (n := _state_bytes(state)) > MAX_STATE_BYTES:
+                name = getattr(self.kernel, "name", init.kernel)
                 raise StateTooLarge(
-                    f"kernel {init.kernel!r} returned a partial state of {n / 1e6:,.1f} MB for one chunk; the limit "
+                    f"kernel {name!r} returned a partial state of {n / 1e6:,.1f} MB for one chunk; the limit "
                     f"is {MAX_STATE_BYTES >> 20} MiB (a reduction returns a few numbers, not an array like its input)"
                 )
             states.append(state)
@@ -345,6 +346,35 @@ class _Worker:
         if init.pin and (now := os.sched_getaffinity(0)) != set(init.cpus):
             reply["affinity"] = sorted(now)  # the kernel moved its worker (sched_setaffinity)
         return reply
+
+    def set_kernel(self, kernel: Any) -> None:
+        """Reduce with ``kernel`` from now on (a Python API call with another kernel; the pool stays warm)."""
+        self.phase = "kernel"
+        if isinstance(kernel, BuiltinKernel):
+            kernel.prepare()
+        self.kernel = kernel
+        self.phase = "idle"
+
+    def fill(self, payload: bytes) -> dict:
+        """Call the user's ``func(block, start_row)`` on each of our chunks, writable: first touch by the owner."""
+        import pickle
+
+        assert self.seg is not None and self.arr is not None and self.ctl is not None  # set by setup()
+        func = pickle.loads(payload)  # noqa: S301 - cloudpickle bytes from our own launcher, over our private pipe
+        self.phase = "fill"
+        t0 = time.perf_counter()
+        if not self.arr.flags.writeable:  # filled again after a reduce: our mapping is read-only by now
+            self.seg.protect(self.init.ctl_offset, writable=True)
+            self.arr.flags.writeable = True
+        self.ctl[:3] = (PHASE_LOAD, 0, -1)
+        for ix, (a, b) in enumerate(self.init.chunks):
+            self.chunk = self.ctl[2] = ix
+            func(self.arr[a:b], a)
+        self.chunk = None
+        self.ctl[:3] = (PHASE_IDLE, 0, -1)
+        lo, hi = self.init.rows
+        rb = self.init.data.row_bytes
+        return {"seconds": time.perf_counter() - t0, "pages": page_nodes(self.seg.address() + lo * rb, (hi - lo) * rb)}
 
     def error(self, exc: BaseException) -> dict:
         """Everything the launcher needs to name the failure: rank, phase, chunk, exception, traceback."""
@@ -394,6 +424,11 @@ def _worker_main(conn: Connection, init: WorkerInit, launcher_ends: tuple[Connec
                 conn.send(("ok", worker.run(msg[1])))
             elif msg[0] == "stream":
                 conn.send(("ok", worker.stream(msg[1])))
+            elif msg[0] == "kernel":
+                worker.set_kernel(msg[1])
+                conn.send(("ok", {}))
+            elif msg[0] == "fill":
+                conn.send(("ok", worker.fill(msg[1])))
             else:  # pragma: no cover - protocol error
                 raise RuntimeError(f"unknown command {msg[0]!r}")
     except BaseException as exc:  # report *everything* (KeyboardInterrupt, SystemExit too), then exit
@@ -536,6 +571,7 @@ class Pool:
             environment(env),
             blocked(STOP_SIGNALS),
             _forkserver_preload(["shmhpc.pool"]),
+            _main_not_reimported(),
             warnings.catch_warnings(record=True) as caught,
         ):
             warnings.simplefilter("always")
@@ -587,6 +623,16 @@ class Pool:
         self._broadcast(("run", index))
         replies = self._gather(list(range(len(self.inits))), f"repeat {index}", self.timeout_s)
         return time.perf_counter() - t0, replies
+
+    def set_kernel(self, kernel: Any) -> None:
+        """Every worker reduces with ``kernel`` from now on (pickled by name, or by value: ``kernel_from_object``)."""
+        self._broadcast(("kernel", kernel))
+        self._gather(list(range(len(self.inits))), "kernel", self.timeout_s)
+
+    def fill(self, payload: bytes) -> list[dict]:
+        """Every worker calls the pickled ``func(block, start_row)`` on its chunks; per worker: seconds, pages."""
+        self._broadcast(("fill", payload))
+        return self._gather(list(range(len(self.inits))), "fill", self.timeout_s)
 
     def stream_round(self, op: str) -> tuple[float, list[float]]:
         """``bench``: every worker runs STREAM kernel ``op`` on its part; (wall seconds, each worker's seconds)."""
@@ -745,6 +791,31 @@ class Pool:
             except ValueError:
                 pass
         self.procs, self.conns, self._ps = [], [], []
+
+
+@contextmanager
+def _main_not_reimported() -> Iterator[None]:
+    """Start workers that do not import the caller's ``__main__`` again.
+
+    A forkserver or spawn child runs the parent's main script (as ``__mp_main__``) before its target, so
+    a script without an ``if __name__ == "__main__":`` guard would run again in every worker: share its
+    array, start pools, recurse. Workers need nothing from it: their target is in this module, and kernels
+    defined in ``__main__`` travel by value (cloudpickle). multiprocessing decides from ``__main__``'s
+    ``__spec__`` and ``__file__`` when a child starts (``spawn.get_preparation_data``); both are hidden
+    while ours start, then put back.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 @contextmanager

@@ -303,8 +303,16 @@ def _rounds(session: RunSession, report: dict, timings: dict, progress: NullProg
     return replies
 
 
-def _result(session: RunSession, report: dict, timings: dict, progress: NullProgress, replies: list[dict]) -> None:
-    """Combine the last round, stop the workers, verify against a single-process reference."""
+def _result(
+    session: RunSession,
+    report: dict,
+    timings: dict,
+    progress: NullProgress,
+    replies: list[dict],
+    keep_workers: bool = False,
+) -> None:
+    """Combine the last round, stop the workers (unless ``keep_workers``: the Python API's warm pool), verify
+    against a single-process reference."""
     prep, spec = session.prep, session.prep.spec
     # The launcher has not touched the array yet: its peak RSS here shows that no
     # second copy of the data was made (file data goes straight into shared memory).
@@ -316,7 +324,8 @@ def _result(session: RunSession, report: dict, timings: dict, progress: NullProg
     value = prep.kernel.finalize(state)
     _check_value(spec.kernel, value, state)
     report["bandwidth"] = _bandwidth(prep.data.nbytes, timings["repeat_s"], len(prep.plan.workers))
-    session.stop_workers()  # the workers are done; the segment stays for verification
+    if not keep_workers:
+        session.stop_workers()  # the workers are done; the segment stays for verification
     result: dict[str, Any] = {"kernel": spec.kernel, "accumulate": spec.accumulate, "value": value}
     result.update({"engine": prep.engine, "engine_reason": prep.engine_reason})
     if spec.verify:

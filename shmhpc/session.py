@@ -70,8 +70,11 @@ class RunSession:
         timeout_s: float | None = None,
         on_stall: Callable[[str], None] | None = None,
         stream: bool = False,
+        source: np.ndarray | None = None,
     ) -> None:
         self.prep = prep
+        self.source = source  # data.source array: the in-memory array the launcher copies in (Session.share)
+        self.loaded = False  # the array is in the segment: workers started later only map their rows
         self.shm_dir = shm_dir or default_shm_dir()
         self.stop = stop
         self.start_method = start_method or prep.spec.start_method
@@ -178,7 +181,7 @@ class RunSession:
                 huge_advise=self.pages.advise,
                 stream=parts[w.rank] if parts else None,
                 numa_ranges=tuple(self.numa_ranges) if (self.numa_applied or {}).get("applied") else (),
-                fill=spec.numa.data_writer == "owners" or self.stream,
+                fill=(spec.numa.data_writer == "owners" and not self.loaded) or self.stream,
             )
             for w in prep.plan.workers
         ]
@@ -243,17 +246,30 @@ class RunSession:
         scheduler runs it: only a policy decides where the pages go), then each worker maps its rows.
         """
         pool = self._running()
-        if self.prep.spec.numa.data_writer == "launcher" and not self.stream:
+        if self.prep.spec.numa.data_writer == "launcher" and not self.stream and not self.loaded:
             seg, data = self._segment(), self.prep.data
             t0 = time.perf_counter()
             seg.reserve(0, data.nbytes)
             arr = seg.array(data.dtype, data.shape)
             try:
-                RowFiller(arr, data).fill(0, data.n_rows)
+                if self.source is not None:
+                    np.copyto(arr, self.source, casting="no")
+                else:
+                    RowFiller(arr, data).fill(0, data.n_rows)
             finally:
                 del arr
             self.write_s = time.perf_counter() - t0
-        return pool.load()
+        loads = pool.load()
+        self.loaded = True
+        return loads
+
+    def set_kernel(self, kernel: Any) -> None:
+        """Every worker reduces with ``kernel`` from now on (the Python API: another kernel, same warm pool)."""
+        self._running().set_kernel(kernel)
+
+    def fill(self, payload: bytes) -> list[dict]:
+        """Every owner calls the pickled ``func(block, start_row)`` on its chunks (writable views)."""
+        return self._running().fill(payload)
 
     def round(self, index: int) -> tuple[float, list[dict]]:
         """One round: every worker reduces its chunks. Returns (wall seconds, per-worker replies)."""

@@ -264,6 +264,18 @@ class Segment:
             os.close(fd)
         return "posix_fallocate"
 
+    def protect(self, length: int, writable: bool = False) -> None:
+        """``protect_read_only``, or (``writable=True``) make those bytes writable again (``Session.fill``)."""
+        if not writable:
+            return self.protect_read_only(length)
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if length > 0 and libc.mprotect(self.address(), length, mmap.PROT_READ | mmap.PROT_WRITE) != 0:
+            raise RunError(f"cannot make segment {self.name} writable: {os.strerror(ctypes.get_errno())}")
+        return None
+
     def protect_read_only(self, length: int) -> None:
         """Make the first ``length`` bytes (a multiple of the segment's page size) read-only in this process.
 

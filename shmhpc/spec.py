@@ -48,6 +48,9 @@ __all__ = [
 # Largest array we accept: 64 TiB. Anything larger is a typo, not a job.
 MAX_BYTES = 64 * 2**40
 GENERATE_DTYPES = ("float32", "float64")
+# Data that only the Python API places (shmhpc.Session.share): an in-memory array it copies, or an empty
+# array the workers fill. A YAML job cannot name them: there is no array in a YAML file.
+API_SOURCES = ("array", "empty")
 FILE_DTYPES = (
     "float32",
     "float64",
@@ -227,7 +230,9 @@ class _Model(BaseModel):
 class DataSpec(_Model):
     """Where the array comes from and what it looks like."""
 
-    source: Literal["generate", "npy", "raw"] = Field("generate", description="generate | npy | raw")
+    source: Literal["generate", "npy", "raw", "array", "empty"] = Field(
+        "generate", description="generate | npy | raw (array and empty: Session.share in Python only)"
+    )
     size: PosInt | None = Field(None, description="number of elements (1-D); or give shape")
     shape: Annotated[list[PosInt], Field(min_length=1, max_length=2)] | None = Field(
         None, description="[rows] or [rows, cols]; partitioned along axis 0"
@@ -292,6 +297,13 @@ def _data_problems(d: Mapping[str, Any], bad: frozenset[str] = frozenset()) -> l
             errs.append(("dtype", f"{d['dtype']!r} cannot be generated; allowed: {', '.join(GENERATE_DTYPES)}"))
         if given("path"):
             errs.append(("path", "only for source npy or raw (source is generate)"))
+    elif source in API_SOURCES:
+        if not given("size") and not given("shape"):
+            errs.append(("size", f"source {source} needs size or shape"))
+        if not given("dtype"):
+            errs.append(("dtype", f"source {source} needs dtype"))
+        if given("path"):
+            errs.append(("path", f"only for source npy or raw (source is {source})"))
     elif source is not None:
         if not given("path"):
             errs.append(("path", f"source {source} needs a file path"))
@@ -840,7 +852,13 @@ def load_spec(
         raw = _deepcopy(raw)
         for key, value in values.items():
             _set_dotted(raw, key.split("."), value)
-    return spec_from_dict(raw, source=source)
+    spec = spec_from_dict(raw, source=source)
+    if spec.data.source in API_SOURCES:
+        raise SpecError(
+            f"data.source: {spec.data.source!r} is placed by shmhpc.Session.share in Python; a YAML job uses "
+            "generate | npy | raw"
+        )
+    return spec
 
 
 def parse_value(text: str, source: str) -> Any:
