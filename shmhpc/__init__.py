@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 from .errors import RunError, ShmhpcError, SpecError
 
 if TYPE_CHECKING:
+    from .api import Result, Session, Shared
     from .placement import plan_job
     from .planning import Prepared, prepare
     from .report import load_report, read_report
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from .topology import Topology, read_topology
 
 _LAZY = {
+    "Session": ".api",
+    "Shared": ".api",
+    "Result": ".api",
     "run_job": ".runner",
     "RunSession": ".session",
     "prepare": ".planning",
@@ -47,9 +51,12 @@ _LAZY = {
 __all__ = [
     "JobSpec",
     "Prepared",
+    "Result",
     "RunError",
     "RunReport",
     "RunSession",
+    "Session",
+    "Shared",
     "ShmhpcError",
     "SpecError",
     "Topology",

@@ -237,19 +237,22 @@ def broken_timings(reports: Reports) -> list[str]:
 def same_runs(reports: Reports) -> list[str]:
     """Reports that are one run given twice: the same file, a copy, or the same run's shared-memory segment.
 
-    A segment's name holds the launcher's pid and a random token, so it names one run on its host.
+    A segment's name holds the launcher's pid and a random token, so it names one run on its host; the
+    Python API runs several calls on one shared array's segment, told apart by their call number.
     """
     out = []
     seen: dict[Any, str] = {}
     for src, r in _checked(reports):
         seg = r.segment.name if r.segment else None
+        call = r.api.call if r.api is not None else None
         key = (
-            ("segment", r.host.hostname, seg)
+            ("segment", r.host.hostname, seg, call)
             if seg
             else ("content", json.dumps(r.model_dump(), sort_keys=True, default=str))
         )
         if key in seen:
             how = f"segment {seg} on {r.host.hostname}" if seg else "identical content"
+            how += f", call {call}" if call is not None else ""
             out.append(f"{seen[key]} and {src} are the same run ({how}); a run compared with itself says nothing")
         else:
             seen[key] = src

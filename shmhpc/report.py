@@ -274,12 +274,20 @@ def summarize(report: dict, with_error: bool = True) -> str:
             + _share_of_ceiling(gbps, bw)
         )
         how = (report.get("pool") or {}).get("start_method")
-        lines.append(
-            f"  phases: pool start {format_seconds(t.get('pool_start_s'))}"
-            + (f" ({how})" if how else "")
-            + f", load {format_seconds(t.get('load_s'))}, "
-            f"teardown {format_seconds(t.get('teardown_s'))}, end-to-end {format_seconds(t.get('total_s'))}"
-        )
+        api = report.get("api") or {}
+        if api.get("pool_reused"):  # a Python API call on a warm pool: no start, no load in this call
+            pids = ", ".join(str(p) for p in api.get("pids") or [])
+            lines.append(
+                f"  phases: warm pool reused (call {api.get('call')}, pids {pids}), "
+                f"end-to-end {format_seconds(t.get('total_s'))}"
+            )
+        else:
+            lines.append(
+                f"  phases: pool start {format_seconds(t.get('pool_start_s'))}"
+                + (f" ({how})" if how else "")
+                + f", load {format_seconds(t.get('load_s'))}, "
+                f"teardown {format_seconds(t.get('teardown_s'))}, end-to-end {format_seconds(t.get('total_s'))}"
+            )
     pages = _segment_pages(report.get("segment"))
     if pages:
         lines.append(pages)

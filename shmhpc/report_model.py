@@ -193,6 +193,14 @@ class Placement(_Section):
     summary: str | None = None
 
 
+class Api(_Section):
+    """A Python API call (``Session.reduce``): which call on its shared array, and whether the pool was warm."""
+
+    call: int | None = None
+    pids: list[int] | None = None
+    pool_reused: bool | None = Field(None, description="no pool start and no load in this call")
+
+
 class RepeatStats(_Section):
     median: Finite | None = None
     mean: Finite | None = None
@@ -357,6 +365,7 @@ class RunReport(_Section):
     memory: Memory | None = None
     contention: Contention | None = None
     pool: PoolStart | None = None
+    api: Api | None = None
 
 
 def report_json_schema() -> dict[str, Any]:
