@@ -253,7 +253,7 @@ class RunSession:
             arr = seg.array(data.dtype, data.shape)
             try:
                 if self.source is not None:
-                    np.copyto(arr, self.source, casting="no")
+                    np.copyto(arr, self.source, casting="equiv")  # byte order may differ, values not
                 else:
                     RowFiller(arr, data).fill(0, data.n_rows)
             finally:

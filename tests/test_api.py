@@ -341,3 +341,33 @@ def test_deleting_the_session_removes_its_segments(no_leak):
     del s, a
     gc.collect()
     assert our_segments() - before == set()
+
+
+def test_a_notebook_like_main_with_threads_and_no_file(tmp_path):
+    """As in a Jupyter kernel: __main__ has no file, other threads run (so auto starts a fork server), and the
+    kernel is a lambda typed at the prompt. The code comes on stdin (``python -``)."""
+    code = textwrap.dedent(
+        """
+        import json, threading, time, numpy as np, shmhpc
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()  # a kernel's own threads
+        x = np.arange(1, 100_001, dtype=np.float64)
+        with shmhpc.Session(workers=2, oversubscribe=True) as s:
+            a = s.share(x)
+            r = s.map(a, lambda chunk: float((chunk % 7 == 0).sum()))
+            print(json.dumps({"value": r.value, "method": r.report["pool"]["start_method"], "ok": r.verified}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env()
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"value": float(100_000 // 7), "method": "forkserver", "ok": True}, got
+
+
+def test_a_big_endian_or_strided_array_is_shared_by_value(no_leak):
+    x = np.arange(40_000, dtype=">f4")[::2]  # another byte order, not contiguous
+    with shmhpc.Session(workers=1) as s:
+        a = s.share(x)
+        assert a.dtype == np.float32 and a.shape == (20_000,)
+        assert s.reduce(a, "sum").value == float(np.sum(x, dtype=np.float64))
