@@ -443,7 +443,10 @@ def test_data_good(fields: dict[str, Any]) -> None:
         ({"shape": [0, 3]}, {"data.shape[0]": "Input should be greater than 0 (got 0)"}),
         ({"shape": 10}, {"data.shape": "Input should be a valid list"}),
         ({"size": 0}, {"data.size": "Input should be greater than 0 (got 0)"}),
-        ({"size": 10, "source": "hdf5"}, {"data.source": "Input should be 'generate', 'npy', 'raw', 'array' or 'empty'"}),
+        (
+            {"size": 10, "source": "hdf5"},
+            {"data.source": "Input should be 'generate', 'npy', 'raw', 'array' or 'empty'"},
+        ),
         ({"size": 10, "distribution": "poisson"}, {"data.distribution": "Input should be 'normal' or 'uniform'"}),
         ({"size": 10, "seed": -1}, {"data.seed": "Input should be greater than or equal to 0"}),
         ({"source": "npy"}, {"data.path": "source npy needs a file path"}),
