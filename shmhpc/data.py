@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,10 @@ class DataInfo:
     seed: int
     path: str | None  # absolute
     offset_bytes: int  # where element 0 starts in the file
+    # One node's slice of a multi-node job (``run --mpi``): this array is global rows
+    # [row_offset, row_offset + shape[0]) of ``total_rows``; generated values depend on the global index only.
+    row_offset: int = 0
+    total_rows: int | None = None
 
     @property
     def n_elements(self) -> int:
@@ -74,7 +78,16 @@ class DataInfo:
             "seed": self.seed if self.source == "generate" else None,
             "path": self.path,
             "offset_bytes": self.offset_bytes,
+            **({"row_offset": self.row_offset, "total_rows": self.total_rows} if self.total_rows is not None else {}),
         }
+
+    def node_slice(self, lo: int, hi: int) -> DataInfo:
+        """Global rows ``[lo, hi)`` as an array of their own: a file is read from its offset, generated data
+        keeps its global element indices (so its values do not depend on how many nodes share the job)."""
+        shape = (hi - lo, *self.shape[1:])
+        if self.source in ("npy", "raw"):
+            return replace(self, shape=shape, offset_bytes=self.offset_bytes + lo * self.row_bytes)
+        return replace(self, shape=shape, row_offset=self.row_offset + lo, total_rows=self.total_rows or self.n_rows)
 
 
 def describe_data(data: DataSpec, base_dir: str | os.PathLike[str] = ".") -> DataInfo:
@@ -185,11 +198,15 @@ class RowFiller:
 
     def _generate(self, e0: int, e1: int) -> None:
         flat, info = self.flat, self.info
+        # Blocks are numbered by global element index: a node's slice draws what a single node would.
+        off = info.row_offset * info.row_elements
+        total = (info.total_rows if info.total_rows is not None else info.n_rows) * info.row_elements
+        e0, e1 = e0 + off, e1 + off
         for b in range(e0 // GEN_BLOCK, (e1 - 1) // GEN_BLOCK + 1):
-            lo, hi = b * GEN_BLOCK, min((b + 1) * GEN_BLOCK, info.n_elements)
+            lo, hi = b * GEN_BLOCK, min((b + 1) * GEN_BLOCK, total)
             s, e = max(lo, e0), min(hi, e1)
             if s == lo and e == hi:  # whole block: draw straight into shared memory
-                _draw(info, b, flat[s:e])
+                _draw(info, b, flat[s - off : e - off])
                 continue
             # A block cut by a boundary: draw it whole, keep our part, so the values do not depend on
             # where the boundary falls; keep the block too, for the next chunk of the same worker.
@@ -197,7 +214,7 @@ class RowFiller:
                 buf = self._kept[1] if self._kept is not None else np.empty(GEN_BLOCK, dtype=info.dtype)
                 _draw(info, b, buf[: hi - lo])
                 self._kept = (b, buf)
-            flat[s:e] = self._kept[1][s - lo : e - lo]
+            flat[s - off : e - off] = self._kept[1][s - lo : e - lo]
 
 
 def _draw(info: DataInfo, block: int, out: np.ndarray) -> None:

@@ -45,15 +45,22 @@ class Prepared:
     pages: SegmentPages = field(default_factory=lambda: SegmentPages("auto"))  # hugetlbfs or /dev/shm, and why
 
 
-def prepare(spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] = ".") -> Prepared:
-    """Everything checkable before a process starts: data files, placement, kernel. Raises SpecError."""
+def prepare(
+    spec: JobSpec, topology: Topology, spec_dir: str | os.PathLike[str] = ".", data: DataInfo | None = None
+) -> Prepared:
+    """Everything checkable before a process starts: data files, placement, kernel. Raises SpecError.
+
+    ``data``: the array this process shares, when it is not the spec's whole data (one node's slice of a
+    multi-node job).
+    """
     errors: list[str] = []
-    data = plan = kernel = None
+    plan = kernel = None
     pages = SegmentPages(spec.huge_pages)
-    try:
-        data = describe_data(spec.data, spec_dir)
-    except SpecError as exc:
-        errors.extend(exc.messages)
+    if data is None:
+        try:
+            data = describe_data(spec.data, spec_dir)
+        except SpecError as exc:
+            errors.extend(exc.messages)
     if data is not None:
         # Huge pages first: on hugetlbfs, worker boundaries must fall on its pages.
         pages = choose_pages(spec.huge_pages, data.nbytes, sys_root=topology.root)
