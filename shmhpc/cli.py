@@ -80,16 +80,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = _load(args, args.spec)
         topo = _read_topology(args)
         to_stdout = args.report == STDOUT  # the report is the output; the summary goes to stderr
-        report = run_job(
-            spec,
-            topo,
-            spec_dir=Path(args.spec).resolve().parent,
-            report_path=None if to_stdout else args.report,
-            progress=make_progress(args.quiet),
-            force=args.force,
-            write=not to_stdout,
-            stop=stop,
-        )
+        kwargs = {
+            "spec_dir": Path(args.spec).resolve().parent,
+            "report_path": None if to_stdout else args.report,
+            "progress": make_progress(args.quiet),
+            "force": args.force,
+            "write": not to_stdout,
+            "stop": stop,
+        }
+        if getattr(args, "mpi", False):
+            from .multinode import run_mpi
+
+            whole, code = run_mpi(spec, topo, **kwargs)
+            if whole is None:  # not rank 0: rank 0 reports for the whole job
+                return code
+            report = whole
+        else:
+            report = run_job(spec, topo, **kwargs)
     if args.json or to_stdout:
         print(report_json(report), end="")
     if not args.json:
@@ -275,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole report instead of the summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.add_argument(
+        "--mpi",
+        action="store_true",
+        help="one of N launchers (mpirun -n N, srun --mpi=pmix): each node runs its slice, rank 0 reports",
+    )
     _topology_args(p)
     p.set_defaults(func=cmd_run)
 

@@ -189,7 +189,14 @@ def other_runs(shm_dir: str, our_cpus: list[int], me: int | None = None) -> list
 class ContentionProbe:
     """Both probes around one run's rounds: ``check_others`` before and after, ``start``/``stop``; never raises."""
 
-    def __init__(self, worker_cpus: list[tuple[int, ...]], shm_dir: str, proc_root: str = "/proc") -> None:
+    def __init__(
+        self,
+        worker_cpus: list[tuple[int, ...]],
+        shm_dir: str,
+        proc_root: str = "/proc",
+        peers: frozenset[int] = frozenset(),
+    ) -> None:
+        self.peers = peers  # launcher pids of the same job (a multi-node run's ranks on this host): not "others"
         self.groups = worker_cpus
         self.cpus = sorted({c for g in worker_cpus for c in g})
         self.shm_dir, self.stat_path = shm_dir, os.path.join(proc_root, "stat")
@@ -201,6 +208,8 @@ class ContentionProbe:
     def check_others(self) -> None:
         try:
             for run in other_runs(self.shm_dir, self.cpus):
+                if run["pid"] in self.peers:
+                    continue
                 seen = self.others.setdefault(run["pid"], run)
                 seen["cpus"] = sorted(set(seen["cpus"]) | set(run["cpus"]))
                 seen["overlap"] = sorted(set(seen["overlap"]) | set(run["overlap"]))

@@ -255,10 +255,19 @@ def summarize(report: dict, with_error: bool = True) -> str:
             f"  {len(workers)} workers, pinning {report.get('plan', {}).get('policy', job.get('pinning'))}"
             f"{'' if pinned else ' (not pinned)'}:"
         )
+        mpi = report.get("mpi") or {}
+        if mpi:
+            hosts = sorted(set(mpi.get("hosts") or []))
+            lines.insert(
+                len(lines) - 1,
+                f"  mpi: {mpi.get('size')} ranks on {', '.join(hosts)} ({mpi.get('launcher')}, "
+                f"{(mpi.get('library') or 'MPI').split(',')[0]}), one slice of the rows each",
+            )
         for w in workers:
             ran = w.get("cpus_ran_on")
+            where = f"mpi rank {w['mpi_rank']} on {w.get('host')}, worker " if "mpi_rank" in w else "rank "
             lines.append(
-                f"    rank {w['rank']}: cpus {format_cpulist(w.get('cpus_observed') or [])}"
+                f"    {where}{w['rank']}: cpus {format_cpulist(w.get('cpus_observed') or [])}"
                 f" (asked {format_cpulist(w.get('cpus_requested') or [])}), node {w.get('node', '-')}"
                 + (f", ran on {format_cpulist(ran)}" if ran else "")
             )

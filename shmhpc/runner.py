@@ -271,7 +271,7 @@ def _rounds(session: RunSession, report: dict, timings: dict, progress: NullProg
     workers = report["workers"]
     n_rounds = spec.warmup + spec.repeats
     # Not alone on our CPUs (another run, a busy neighbour)? Looked at around the rounds only.
-    probe = ContentionProbe(_planned_cpus(plan), session.shm_dir)
+    probe = ContentionProbe(_planned_cpus(plan), session.shm_dir, peers=frozenset(session.peer_pids))
     probe.check_others()
     progress.start_rounds(n_rounds, spec.warmup)
     probe.start([w["pid"] for w in workers])

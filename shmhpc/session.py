@@ -98,6 +98,8 @@ class RunSession:
         self.numa_notes: list[str] = []
         self.numa_applied: dict[str, Any] | None = None
         self.write_s: float | None = None  # numa.writer: launcher — the launcher's seconds writing the data
+        self.last_replies: list[dict] = []  # a multi-node run's last round (rank 0 combines its states)
+        self.peer_pids: set[int] = set()  # a multi-node run's other launchers on this host (not "other runs")
 
     # -- lifetime ----------------------------------------------------------------------------
     def __enter__(self) -> RunSession:
