@@ -115,11 +115,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .slurm import fill_known
     from .slurm_submit import slurm_available, submit
 
-    if args.template == "multinode":
-        raise SpecError(
-            "--template multinode: submitting needs `shmhpc run --mpi`, which this version does not have yet; "
-            "`shmhpc slurm render --template multinode` prints the script"
-        )
     if not slurm_available():
         raise SpecError("slurm submit: sbatch and scontrol are not on PATH; run it where Slurm is installed")
     rendered = _prepare(args)

@@ -86,6 +86,12 @@ class _Steps:
             raise _PeerStopped(worst)
 
 
+def node_name() -> str:
+    """This node's name: Slurm's (``SLURMD_NODENAME``, which tells emulated nodes on one host apart), else the
+    host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def _peer_error(ps: _PeerStopped, flag: StopSignals) -> BaseException:
     if ps.state == INTERRUPTED:
         return RunInterrupted(flag.signum or 15)
@@ -188,7 +194,7 @@ def run_mpi(
     _finish(report, timings, time.perf_counter() - t_start, code)
     part = {
         "rank": env.rank,
-        "host": socket.gethostname(),
+        "host": node_name(),
         "rows": list(rows),
         "report": report,
         "states": states if error is None else None,

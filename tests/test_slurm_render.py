@@ -349,11 +349,6 @@ def test_submit_without_slurm_says_so(tmp_path):
     assert "sbatch and scontrol are not on PATH" in out.stderr
 
 
-def test_submit_multinode_is_refused_until_run_has_mpi(tmp_path):
-    out = run_cli("slurm", "submit", str(ROOT / "jobs" / "sum-pinned.yaml"), "--template", "multinode", cwd=tmp_path)
-    assert out.returncode == 2 and "run --mpi" in out.stderr
-
-
 # -- shipped inside the wheel -----------------------------------------------------------------
 
 

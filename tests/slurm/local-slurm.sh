@@ -11,6 +11,8 @@
 #   SHMHPC_SLURM_DIR    state, logs, config          (default /tmp/shmhpc-slurm)
 #   SHMHPC_SLURM_NODES  0: one real node named after this host (default);
 #                       N >= 2: N emulated nodes n1..nN, all on 127.0.0.1 (for multi-node tests)
+#   SHMHPC_SLURM_PORT   slurmctld's port (default 6817); slurmd takes the next, emulated node i the
+#                       port + 3 + i: a second Slurm (e.g. a 2-node one) can run beside the first
 #
 # Choices, and why:
 # - proctrack/linuxproc + task/affinity: no systemd and no cgroup delegation here, yet
@@ -27,19 +29,23 @@ set -euo pipefail
 
 DIR=${SHMHPC_SLURM_DIR:-/tmp/shmhpc-slurm}
 NODES=${SHMHPC_SLURM_NODES:-0}
+PORT=${SHMHPC_SLURM_PORT:-6817}
 export SLURM_CONF=$DIR/etc/slurm.conf
 MSOCK=$DIR/munge/munge.socket.2
 say() { printf 'local-slurm: %s\n' "$*"; }
 running() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 install_packages() {
-    command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
-    [[ $(id -u) == 0 ]] || { say "installing slurm-wlm and munge needs root" >&2; exit 2; }
-    say "apt-get install slurm-wlm munge"
+    # libpmix-dev: Slurm's mpi/pmix plugin (srun --mpi=pmix) dlopen()s the unversioned libpmix.so that only
+    # the -dev package ships.
+    command -v slurmctld >/dev/null && command -v munged >/dev/null &&
+        dpkg-query -W -f='${Status}' libpmix-dev 2>/dev/null | grep -q "install ok installed" && return 0
+    [[ $(id -u) == 0 ]] || { say "installing slurm-wlm, munge and libpmix-dev needs root" >&2; exit 2; }
+    say "apt-get install slurm-wlm munge libpmix-dev"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends slurm-wlm munge >/dev/null \
-        || { apt-get update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-                 slurm-wlm munge >/dev/null; }
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends slurm-wlm munge libpmix-dev \
+        >/dev/null || { apt-get update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+                            --no-install-recommends slurm-wlm munge libpmix-dev >/dev/null; }
 }
 
 start_munge() {
@@ -69,7 +75,7 @@ write_conf() {
     if (( NODES >= 2 )); then
         nodelist="n[1-$NODES]"; lines=""
         for i in $(seq 1 "$NODES"); do
-            lines+="NodeName=n$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$((6820 + i)) CPUs=$cpus"
+            lines+="NodeName=n$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$((PORT + 3 + i)) CPUs=$cpus"
             lines+=" Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$((mem / NODES))"$'\n'
         done
     else
@@ -83,8 +89,8 @@ ClusterName=shmhpc-test
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MSOCK
