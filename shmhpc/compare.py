@@ -76,6 +76,8 @@ def _policy(r: RunReport) -> str:
 
 
 def _placement_text(r: RunReport) -> str | None:
+    if r.mpi is not None and r.workers:  # every node's workers, by node
+        return " / ".join(f"{w.host}:{format_cpulist(sorted(w.cpus_requested or []))}" for w in r.workers)
     if r.plan is None or r.plan.workers is None:
         return None
     return " / ".join(format_cpulist(sorted(w.cpus or [])) for w in r.plan.workers)
@@ -107,7 +109,12 @@ def run_settings(report: RunReport | dict[str, Any], source: str = "report") -> 
     return {
         "pinning": _policy(r),
         "pinned": None if plan is None or plan.pinned is None else ("yes" if plan.pinned else "no"),
-        "workers": len(plan.workers) if plan is not None and plan.workers is not None else job.workers,
+        "nodes": r.mpi.size if r.mpi is not None else 1,
+        "workers": len(r.workers)
+        if r.mpi is not None and r.workers
+        else len(plan.workers)
+        if plan is not None and plan.workers is not None
+        else job.workers,
         "threads_per_worker": job.threads_per_worker,
         "placement": _placement_text(r),
         "start_method": _start_method(r),
@@ -134,6 +141,7 @@ def run_settings(report: RunReport | dict[str, Any], source: str = "report") -> 
 
 # Short forms used to tell apart runs that share a pinning policy: "[compact w=4]".
 LABEL_KEYS = {
+    "nodes": "nodes=",
     "workers": "w=",
     "threads_per_worker": "t=",
     "start_method": "",
@@ -320,6 +328,7 @@ class WorkerPlace:
     cpus_observed: str
     cpus_ran_on: str
     node: Any
+    where: str = ""  # a multi-node run: "mpi rank 1 on n2, "
 
 
 @dataclass
@@ -364,7 +373,8 @@ def _placement(r: RunReport) -> tuple[bool | None, bool, str, list[WorkerPlace],
         req, obs, ran = (sorted(c or []) for c in (w.cpus_requested, w.cpus_observed, w.cpus_ran_on))
         union |= set(obs)
         ran_union |= set(ran)
-        places.append(WorkerPlace(w.rank, format_cpulist(req), format_cpulist(obs), format_cpulist(ran), w.node))
+        where = f"mpi rank {w.mpi_rank} on {w.host}, worker " if w.mpi_rank is not None else ""
+        places.append(WorkerPlace(w.rank, format_cpulist(req), format_cpulist(obs), format_cpulist(ran), w.node, where))
         if pinned and (obs != req or not set(ran) <= set(req)):
             bad.append(
                 f"rank {w.rank} asked {format_cpulist(req)}, observed {format_cpulist(obs)}, "
@@ -397,7 +407,8 @@ def _page_lines(r: RunReport) -> list[str]:
             if p.fraction_intended is None:
                 continue
             line = (
-                f"{pl.policy}: rows {p.start}-{p.stop} (read on node {p.node}): {p.fraction_intended:.1%} of "
+                f"{pl.policy}: rows {p.start}-{p.stop} (read on {p.host + ' ' if p.host else ''}node {p.node}): "
+                f"{p.fraction_intended:.1%} of "
                 f"{p.sampled} sampled pages on node {format_cpulist(p.intended_nodes or [])}"
             )
             if p.shares:
@@ -588,7 +599,7 @@ def format_value(sample: Sample, unit: str) -> str:
 
 def _worker_line(w: WorkerPlace) -> str:
     return (
-        f"rank {w.rank}: cpus {w.cpus_observed or '-'} (asked {w.cpus_requested or '-'}), "
+        f"{w.where or 'rank '}{w.rank}: cpus {w.cpus_observed or '-'} (asked {w.cpus_requested or '-'}), "
         f"ran on {w.cpus_ran_on or '-'}, node {'-' if w.node is None else w.node}"
     )
 

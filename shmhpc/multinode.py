@@ -297,6 +297,7 @@ def _merge(
         workers += [{**w, "mpi_rank": p["rank"], "host": p["host"]} for w in r.get("workers") or []]
     whole["nodes"] = nodes
     whole["workers"] = workers
+    whole["placement"] = _placement(nodes)
     whole["warnings"] = [f"rank {p['rank']} ({p['host']}): {w}" for p in parts for w in p["report"].get("warnings")]
     # Status: the first failing rank's error names its node.
     bad = [p for p in parts if p["report"].get("status") != "ok"]
@@ -321,6 +322,7 @@ def _merge(
     value = kernel.finalize(combine_all(kernel, states))
     timings["combine_s"] = time.perf_counter() - t0
     whole["result"] = _global_result(spec, value, [n["result"] or {} for n in nodes])
+    whole["result"]["engine"] = (nodes[0]["result"] or {}).get("engine")
     whole["bandwidth"] = _bandwidth(info.nbytes, timings.get("repeat_s") or [], len(workers))
     whole["status"] = "ok" if whole["result"]["verified"] is not False else "failed"
     whole["exit_code"] = 0 if whole["status"] == "ok" else 1
@@ -328,6 +330,38 @@ def _merge(
         whole["error"] = "verification failed on " + ", ".join(
             f"rank {n['rank']}" for n in nodes if (n["result"] or {}).get("verified") is False
         )
+    return whole
+
+
+def _placement(nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Every node's placement check as one: its partitions (with their node's rank and host), all judged."""
+    sections: list[dict[str, Any]] = [p for n in nodes if isinstance(p := n.get("placement"), dict)]
+    if not sections or len(sections) != len(nodes):
+        return None
+    from .numa_policy import placement_line
+
+    whole = dict(sections[0])
+    whole["partitions"] = [  # rows as global rows: the node's slice starts at its first row
+        {
+            **part,
+            "start": part["start"] + n["rows"][0],
+            "stop": part["stop"] + n["rows"][0],
+            "mpi_rank": n["rank"],
+            "host": n["host"],
+        }
+        for n, sec in zip(nodes, sections)
+        for part in sec.get("partitions") or []
+    ]
+    judged = [p for p in whole["partitions"] if p.get("passed") is not None]
+    sampled = sum(p.get("sampled") or 0 for p in judged)
+    on = sum(p.get("on_intended") or 0 for p in judged)
+    whole["fraction_intended"] = on / sampled if sampled else None
+    whole["passed"] = all(p["passed"] for p in judged) if judged else None
+    applied = [sec.get("applied") for sec in sections]
+    whole["applied"] = None if all(a is None for a in applied) else all(bool(a) for a in applied)
+    whole["reason"] = next((sec.get("reason") for sec in sections if sec.get("reason")), None)
+    whole.pop("note", None)
+    whole["summary"] = placement_line(whole)
     return whole
 
 

@@ -332,6 +332,7 @@ def placement_line(section: dict[str, Any] | None) -> str | None:
 
 
 def _part_label(p: dict[str, Any], own: bool) -> str:
+    host = f"{p['host']} " if p.get("host") else ""  # a multi-node run: the node the partition is on
     if p.get("node") is None:
-        return f"rows {p.get('start')}-{p.get('stop')}"
-    return f"node {p['node']}" if own else f"node {p['node']}'s rows"
+        return f"{host}rows {p.get('start')}-{p.get('stop')}"
+    return f"{host}node {p['node']}" if own else f"{host}node {p['node']}'s rows"

@@ -129,6 +129,8 @@ class Worker(_Section):
     cpus_observed: CpuList | None = Field(None, description="read back inside the worker")
     cpus_ran_on: CpuList | None = Field(None, description="sampled each repeat")
     cpus_moved_to: CpuList | None = Field(None, description="a pinned worker's CPUs after its kernel changed them")
+    mpi_rank: int | None = Field(None, description="a multi-node run: the MPI rank (node) this worker belongs to")
+    host: str | None = Field(None, description="a multi-node run: that node's name")
     pinned_ok: bool | None = None
     node: int | None = None
     rows: list[int] | None = None
@@ -172,6 +174,8 @@ class PlacementPartition(_Section):
     shares: dict[str, Finite] | None = Field(None, description="interleave: each chosen node's share of the pages")
     max_deviation_from_even: Finite | None = None
     deviation_allowed: Finite | None = None
+    mpi_rank: int | None = Field(None, description="a multi-node run: the rank (node) the partition is on")
+    host: str | None = None
 
 
 class Placement(_Section):
@@ -191,6 +195,19 @@ class Placement(_Section):
     passed: bool | None = None
     note: str | None = Field(None, description="e.g. one NUMA node: every policy is the same here")
     summary: str | None = None
+
+
+class Mpi(_Section):
+    """A multi-node run (``run --mpi``): the ranks, their launcher and the MPI library."""
+
+    size: int | None = None
+    launcher: str | None = None
+    library: str | None = None
+    standard: str | None = None
+    mpi4py: str | None = None
+    hosts: list[str] | None = None
+    split: str | None = None
+    incomplete: bool | None = None
 
 
 class Api(_Section):
@@ -366,6 +383,8 @@ class RunReport(_Section):
     contention: Contention | None = None
     pool: PoolStart | None = None
     api: Api | None = None
+    mpi: Mpi | None = None
+    nodes: list[dict[str, Any]] | None = Field(None, description="a multi-node run: one section per rank")
 
 
 def report_json_schema() -> dict[str, Any]:
