@@ -21,7 +21,10 @@ from .errors import RunError, RunInterrupted, SpecError
 __all__ = ["MpiEnv", "Sync", "detect_env", "init", "node_rows"]
 
 OK, FAILED, INTERRUPTED = 0, 1, 2
-GIVE_UP_AFTER_STOP_S = 5.0  # a stop signal came and a peer never reached the collective: it is gone
+# After a stop signal, how long to wait for a peer at an exchange before taking it for gone: every rank got
+# the signal (Slurm's warning, scancel), so a live peer arrives within about one round; one that never
+# comes was killed (mpirun then SIGTERMs the rest, and SIGKILLs them soon after).
+GIVE_UP_MIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,10 @@ class Sync:
         self._send = np.zeros(1, dtype=np.int32)
         self._recv = np.zeros(1, dtype=np.int32)
         self.wait_s = 0.0
+        self.longest_round_s = 0.0  # set by the caller: a live peer is at most about one round behind
+
+    def give_up_after_s(self) -> float:
+        return max(GIVE_UP_MIN_S, 2 * self.longest_round_s + 0.5)
 
     def exchange(self, state: int, what: str) -> int:
         self._send[0] = state
@@ -129,7 +136,7 @@ class Sync:
             now = time.monotonic()
             if self.flag is not None and self.flag.signum is not None:
                 stopped_at = stopped_at or now
-                if now - stopped_at > GIVE_UP_AFTER_STOP_S:
+                if now - stopped_at > self.give_up_after_s():
                     raise RunInterrupted(self.flag.signum)
             if self.timeout_s is not None and now - t0 > self.timeout_s:
                 raise RunError(

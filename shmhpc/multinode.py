@@ -152,7 +152,7 @@ def run_mpi(
                 _record_plan(report, prep)
                 check_runnable_here(prep)
                 flag.check()
-                session = RunSession(prep, shm_dir=default_shm_dir(), stop=flag)
+                session = RunSession(prep, shm_dir=default_shm_dir(), stop=flag, orphan_unlink=True)
                 session.__enter__()
                 report["segment"] = _segment_entry(session)
                 _start(session, report, timings, progress)
@@ -231,6 +231,7 @@ def _synced_rounds(
             except _PeerStopped:
                 pass
             raise
+        steps.sync.longest_round_s = max(steps.sync.longest_round_s, time.perf_counter() - t0)
         steps.step(OK, f"round {index}")
         session.last_replies = replies
         return time.perf_counter() - t0, replies

@@ -76,6 +76,11 @@ class WorkerInit:
     # page is touched (tmpfs keeps one policy per file; a hugetlbfs mapping needs it in every process).
     numa_ranges: tuple[PolicyRange, ...] = ()
     fill: bool = True  # False when the launcher wrote the data (numa.writer: launcher): map the rows, do not write
+    # A multi-node rank: when its launcher dies (SIGKILL, or mpirun killing the job after another rank died), the
+    # workers remove the segment themselves: no node keeps a dead job's memory. (Single-node runs leave it to
+    # `shmhpc clean` and the next run's stale sweep.)
+    orphan_unlink: bool = False
+    launcher_pid: int = 0
 
 
 # Control slots: one row of int64 per worker, written by the worker before each
@@ -438,6 +443,23 @@ def _worker_main(conn: Connection, init: WorkerInit, launcher_ends: tuple[Connec
             pass
     finally:
         worker.close()
+        if init.orphan_unlink:  # however we got here: idle at EOF, or a reply to a dead launcher failed
+            _unlink_if_orphaned(init)
+
+
+def _unlink_if_orphaned(init: WorkerInit) -> None:
+    """Remove the segment when its launcher is dead (another worker may have done it already)."""
+    try:
+        os.kill(init.launcher_pid, 0)
+        return  # alive: it closed our pipe on purpose, and it unlinks the segment itself
+    except ProcessLookupError:
+        pass
+    except OSError:
+        return
+    try:
+        os.unlink(os.path.join(init.shm_dir, init.segment))
+    except OSError:
+        pass
 
 
 # -- in the launcher --------------------------------------------------------------------

@@ -71,9 +71,11 @@ class RunSession:
         on_stall: Callable[[str], None] | None = None,
         stream: bool = False,
         source: np.ndarray | None = None,
+        orphan_unlink: bool = False,
     ) -> None:
         self.prep = prep
         self.source = source  # data.source array: the in-memory array the launcher copies in (Session.share)
+        self.orphan_unlink = orphan_unlink  # workers remove the segment if this launcher dies (a multi-node rank)
         self.loaded = False  # the array is in the segment: workers started later only map their rows
         self.shm_dir = shm_dir or default_shm_dir()
         self.stop = stop
@@ -184,6 +186,8 @@ class RunSession:
                 stream=parts[w.rank] if parts else None,
                 numa_ranges=tuple(self.numa_ranges) if (self.numa_applied or {}).get("applied") else (),
                 fill=(spec.numa.data_writer == "owners" and not self.loaded) or self.stream,
+                orphan_unlink=self.orphan_unlink,
+                launcher_pid=os.getpid(),
             )
             for w in prep.plan.workers
         ]

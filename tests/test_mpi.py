@@ -240,3 +240,45 @@ def test_tasks_that_started_as_mpi_singletons_are_refused(mpirun, tmp_path, no_l
     assert out.returncode == 2, out.stdout + out.stderr
     assert "srun (no MPI plugin) started 2 tasks, but this one is rank 0 of 1 in MPI" in out.stderr
     assert "srun --mpi=pmix" in out.stderr
+
+
+def test_a_rank_killed_mid_run_ends_the_job_within_seconds_and_leaves_no_segment(mpirun, tmp_path, no_leak):
+    """SIGKILL to rank 1's launcher mid-run: mpirun ends the job, the survivors stop, and every segment goes —
+    the killed launcher's too (its workers remove it when they find their launcher dead)."""
+    import signal
+    import time
+
+    import psutil
+
+    (tmp_path / "k.py").write_text(
+        "import time\ndef slow(chunk):\n    time.sleep(0.2)\n    return float(chunk.sum())\n"
+    )
+    spec = SPEC.format(name="j", workers=1).replace("repeats: 3", "repeats: 100") + "kernel: k:slow\n"
+    (tmp_path / "j.yaml").write_text(spec)
+    proc = subprocess.Popen(
+        [*mpirun, sys.executable, "-m", "shmhpc", "run", "j.yaml", "--mpi", "-q", "--report", "r.json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **MPI_ENV},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        ranks: list[psutil.Process] = []
+        while time.monotonic() < deadline and len(ranks) < 2:
+            ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--mpi" in " ".join(p.cmdline())]
+            time.sleep(0.1)
+        assert len(ranks) == 2, "both ranks started"
+        time.sleep(3.0)  # into the repeats
+        victim = next(p for p in ranks if p.environ().get("OMPI_COMM_WORLD_RANK") == "1")
+        t0 = time.monotonic()
+        victim.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0 and took < 15, (took, err)
+    assert "signal 9" in err or "Killed" in err, err  # mpirun names the rank that died
+    time.sleep(1.0)  # the orphaned workers notice, remove the segment and exit
