@@ -79,3 +79,28 @@ def test_multinode_template_runs_one_launcher_per_node(slurm2, tmp_path, no_leak
     assert one.returncode == 0, one.stderr
     assert rep["result"]["value"] == load_json(tmp_path / "one.json")["result"]["value"], "bit for bit"
     assert "mpi: 2 ranks on n1, n2 (srun --mpi=pmix" in log
+
+
+def test_a_signal_to_the_multinode_job_ends_it_in_one_interrupted_report(slurm2, tmp_path, no_leak):
+    """Slurm's time-limit warning reaches the batch shell (``--signal=B:USR1``), which passes it to srun and so
+    to every rank: they stop together after their round, and rank 0 writes one `interrupted` report."""
+    import re
+    import time
+
+    (tmp_path / "k.py").write_text(
+        "import time\ndef slow(chunk):\n    time.sleep(0.2)\n    return float(chunk.sum())\n"
+    )
+    write_spec(tmp_path / "job.yaml", SPEC.replace("repeats: 3", "repeats: 200") + "kernel: k:slow\n")
+    job = submit(slurm2, tmp_path, "job.yaml", "--template", "multinode", "--nodes", "2", "--python", sys.executable)
+    jid = job["multinode"]
+    log = tmp_path / f"mn-{jid}.out"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not re.search(r"repeat 2/", log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", jid], env=slurm2, check=True, timeout=30)
+    rec = wait_gone(slurm2, jid)[0]
+    rep = load_json(next((tmp_path / "reports").glob("*.json")))
+    assert rep["status"] == "interrupted" and "SIGUSR1" in rep["error"], (rep.get("error"), log_of(tmp_path, log.name))
+    assert [n["status"] for n in rep["nodes"]] == ["interrupted", "interrupted"]
+    assert [n["host"] for n in rep["nodes"]] == ["n1", "n2"] and 0 < len(rep["timings"]["repeat_s"]) < 200
+    assert rec["JobState"] in ("COMPLETED", "FAILED"), rec
