@@ -202,14 +202,16 @@ def run_mpi(
     if comm is None or steps is None or steps.broken:  # no safe collective left: each rank tells its own story
         if root:
             whole = _merge(spec, env, MPI, info, [part], time.perf_counter() - t_start, incomplete=True)
-            _save(whole, spec, out, report_path, write)
+            if write:
+                _write(whole, spec, out, report_path)
             return whole, whole["exit_code"]
         return None, code or 1
     parts = comm.gather(part, root=0)
     if not root:
         return None, code
     whole = _merge(spec, env, MPI, info, parts, time.perf_counter() - t_start)
-    _save(whole, spec, out, report_path, write)
+    if write:
+        _write(whole, spec, out, report_path)
     return whole, whole["exit_code"]
 
 
@@ -425,8 +427,3 @@ def _global_result(spec: JobSpec, value: Any, nodes: list[dict[str, Any]]) -> di
         + ("; the reference combines the nodes' references" if reference is not None else ""),
         "nodes": [{k: n.get(k) for k in ("value", "reference", "abs_error", "verified")} for n in nodes],
     }
-
-
-def _save(whole: dict[str, Any], spec: JobSpec, out: Output | None, report_path: str | None, write: bool) -> None:
-    if write:
-        _write(whole, spec, out, report_path)

@@ -7,14 +7,19 @@ these tests skip, except under CI (``CI=true``), where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from conftest import ROOT, run_cli
 
@@ -179,20 +184,15 @@ def test_a_failing_rank_fails_the_job_naming_it(mpirun, tmp_path, no_leak):
     assert "error: rank 1 (" in out.stderr
 
 
-def test_a_stop_signal_to_every_rank_ends_in_one_interrupted_report(mpirun, tmp_path, no_leak):
-    """As Slurm's time-limit warning reaches every task: each rank finishes its round, they stop together, and
-    rank 0 writes one `interrupted` report for the job."""
-    import signal
-    import time
+SLOW_KERNEL = "import time\ndef slow(chunk):\n    time.sleep(0.2)\n    return float(chunk.sum())\n"
 
-    import psutil
 
-    (tmp_path / "k.py").write_text(
-        "import time\ndef slow(chunk):\n    time.sleep(0.2)\n    return float(chunk.sum())\n"
-    )
-    (tmp_path / "j.yaml").write_text(
-        SPEC.format(name="j", workers=1).replace("repeats: 3", "repeats: 100") + "kernel: k:slow\n"
-    )
+@contextlib.contextmanager
+def _slow_job(mpirun: list[str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen, list[psutil.Process]]]:
+    """A 2-rank job of 100 slow repeats, started and some seconds into its repeats: (mpirun, its two ranks)."""
+    (tmp_path / "k.py").write_text(SLOW_KERNEL)
+    spec = SPEC.format(name="j", workers=1).replace("repeats: 3", "repeats: 100") + "kernel: k:slow\n"
+    (tmp_path / "j.yaml").write_text(spec)
     proc = subprocess.Popen(
         [*mpirun, sys.executable, "-m", "shmhpc", "run", "j.yaml", "--mpi", "-q", "--report", "r.json"],
         stdout=subprocess.PIPE,
@@ -209,14 +209,21 @@ def test_a_stop_signal_to_every_rank_ends_in_one_interrupted_report(mpirun, tmp_
             time.sleep(0.1)
         assert len(ranks) == 2, "both ranks started"
         time.sleep(3.0)  # into the repeats
+        yield proc, ranks
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stop_signal_to_every_rank_ends_in_one_interrupted_report(mpirun, tmp_path, no_leak):
+    """As Slurm's time-limit warning reaches every task: each rank finishes its round, they stop together, and
+    rank 0 writes one `interrupted` report for the job."""
+    with _slow_job(mpirun, tmp_path) as (proc, ranks):
         t0 = time.monotonic()
         for p in ranks:
             p.send_signal(signal.SIGUSR1)
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - t0
-    finally:
-        proc.kill()
-        proc.wait()
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["status"] == "interrupted" and "SIGUSR1" in rep["error"], rep.get("error")
     assert [n["status"] for n in rep["nodes"]] == ["interrupted", "interrupted"]
@@ -245,40 +252,12 @@ def test_tasks_that_started_as_mpi_singletons_are_refused(mpirun, tmp_path, no_l
 def test_a_rank_killed_mid_run_ends_the_job_within_seconds_and_leaves_no_segment(mpirun, tmp_path, no_leak):
     """SIGKILL to rank 1's launcher mid-run: mpirun ends the job, the survivors stop, and every segment goes —
     the killed launcher's too (its workers remove it when they find their launcher dead)."""
-    import signal
-    import time
-
-    import psutil
-
-    (tmp_path / "k.py").write_text(
-        "import time\ndef slow(chunk):\n    time.sleep(0.2)\n    return float(chunk.sum())\n"
-    )
-    spec = SPEC.format(name="j", workers=1).replace("repeats: 3", "repeats: 100") + "kernel: k:slow\n"
-    (tmp_path / "j.yaml").write_text(spec)
-    proc = subprocess.Popen(
-        [*mpirun, sys.executable, "-m", "shmhpc", "run", "j.yaml", "--mpi", "-q", "--report", "r.json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, **MPI_ENV},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        ranks: list[psutil.Process] = []
-        while time.monotonic() < deadline and len(ranks) < 2:
-            ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--mpi" in " ".join(p.cmdline())]
-            time.sleep(0.1)
-        assert len(ranks) == 2, "both ranks started"
-        time.sleep(3.0)  # into the repeats
+    with _slow_job(mpirun, tmp_path) as (proc, ranks):
         victim = next(p for p in ranks if p.environ().get("OMPI_COMM_WORLD_RANK") == "1")
         t0 = time.monotonic()
         victim.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - t0
-    finally:
-        proc.kill()
-        proc.wait()
     assert proc.returncode != 0 and took < 15, (took, err)
     assert "signal 9" in err or "Killed" in err, err  # mpirun names the rank that died
     time.sleep(1.0)  # the orphaned workers notice, remove the segment and exit

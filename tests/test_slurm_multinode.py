@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, load_json, run_cli, write_spec
+from test_mpi import SLOW_KERNEL
 from test_slurm import log_of, submit, wait_gone
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -87,9 +88,7 @@ def test_a_signal_to_the_multinode_job_ends_it_in_one_interrupted_report(slurm2,
     import re
     import time
 
-    (tmp_path / "k.py").write_text(
-        "import time\ndef slow(chunk):\n    time.sleep(0.2)\n    return float(chunk.sum())\n"
-    )
+    (tmp_path / "k.py").write_text(SLOW_KERNEL)
     write_spec(tmp_path / "job.yaml", SPEC.replace("repeats: 3", "repeats: 200") + "kernel: k:slow\n")
     job = submit(slurm2, tmp_path, "job.yaml", "--template", "multinode", "--nodes", "2", "--python", sys.executable)
     jid = job["multinode"]
