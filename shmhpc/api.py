@@ -46,7 +46,6 @@ import numpy as np
 from .errors import RunError, SpecError
 from .kernels import Kernel, kernel_from_object, make_kernel
 from .progress import NullProgress
-from .reductions import BuiltinKernel
 from .spec import FILE_DTYPES, JobSpec, load_spec, spec_from_dict
 
 __all__ = ["Result", "Session", "Shared"]
@@ -407,23 +406,17 @@ class Session:
         a._kernel_key = None
 
     def _reduce(self, a: Shared, spec: JobSpec, kernel: Kernel) -> Result:
-        from .fastsum import choose_engine
+        from .planning import set_engine
         from .runner import _finish, _result, _rounds
         from .signals import StopSignals
 
         self._warm(a)
         run = a._run
         data = a._prep.data
-        engine, reason = "numpy", ""
-        if isinstance(kernel, BuiltinKernel):
-            try:
-                engine, reason = choose_engine(
-                    spec.engine, spec.kernel, data.dtype, data.nbytes // len(a._prep.plan.workers),
-                    spec.warmup + spec.repeats,
-                )  # fmt: skip
-            except ValueError as exc:
-                raise SpecError(str(exc)) from None
-            kernel.engine = engine
+        try:
+            engine, reason = set_engine(spec, data, a._prep.plan, kernel)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
         run.prep = replace(a._prep, spec=spec, kernel=kernel, engine=engine, engine_reason=reason)
         report = copy.deepcopy(a._base)
         report["job"] = spec.model_dump(mode="json")

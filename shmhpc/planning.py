@@ -88,20 +88,23 @@ def prepare(
     engine, engine_reason = "numpy", ""
     if data is not None and plan is not None and kernel is not None:
         try:
-            engine, engine_reason = choose_engine(
-                spec.engine,
-                spec.kernel,
-                data.dtype,
-                data.nbytes // max(1, len(plan.workers)),
-                spec.warmup + spec.repeats,
-            )
+            engine, engine_reason = set_engine(spec, data, plan, kernel)
         except ValueError as exc:
             errors.append(str(exc))
-        if isinstance(kernel, BuiltinKernel):  # choose_engine gives numba to built-in sum/mean only
-            kernel.engine = engine
     if errors or data is None or plan is None:
         raise SpecError(errors)
     return Prepared(spec, data, plan, topology, search_path, kernel, engine, engine_reason, pages)
+
+
+def set_engine(spec: JobSpec, data: DataInfo, plan: Plan, kernel: Any) -> tuple[str, str]:
+    """What sums the chunks (:func:`shmhpc.fastsum.choose_engine`), set on a built-in kernel; (engine, why).
+    Raises ``ValueError`` for an engine the kernel or data cannot have (``engine: numba`` with a user kernel)."""
+    engine, reason = choose_engine(
+        spec.engine, spec.kernel, data.dtype, data.nbytes // max(1, len(plan.workers)), spec.warmup + spec.repeats
+    )
+    if isinstance(kernel, BuiltinKernel):  # choose_engine gives numba to built-in sum/mean only
+        kernel.engine = engine
+    return engine, reason
 
 
 def report_path_for(
