@@ -534,11 +534,12 @@ def _state_of(proc: Any) -> str:
         return "gone"
 
 
-def _forkserver_dead() -> int | None:
+def _forkserver_dead(wait_s: float = 0.0) -> int | None:
     """The pid of this process's fork server if it has died (killed), else None.
 
     Its children's exit statuses come through it; when it dies, multiprocessing reports each
-    worker as "exit status 255" whatever the worker is doing.
+    worker as "exit status 255" whatever the worker is doing. That report can come a moment before
+    the server shows as dead (its pipes close as the kernel tears it down): look again for ``wait_s``.
     """
     from multiprocessing import forkserver
 
@@ -547,10 +548,16 @@ def _forkserver_dead() -> int | None:
     pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
     if pid is None:
         return None
-    try:
-        return pid if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE else None
-    except psutil.NoSuchProcess:
-        return pid
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return pid
+        except psutil.NoSuchProcess:
+            return pid
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
 
 
 @dataclass
@@ -687,7 +694,7 @@ class Pool:
         where = self._where(rank) or f" during {phase}"
         self.procs[rank].join(timeout=1.0)
         code, pid = self.procs[rank].exitcode, self.procs[rank].pid
-        if self.method == "forkserver" and code == 255 and (server := _forkserver_dead()) is not None:
+        if self.method == "forkserver" and code == 255 and (server := _forkserver_dead(wait_s=1.0)) is not None:
             state = _state_of(self._ps[rank] if rank < len(self._ps) else None)
             return (
                 f"the fork server (pid {server}) that started the workers died (killed?){where}: worker {rank} "
