@@ -295,6 +295,8 @@ def _merge(
                 "result": r.get("result"),
                 "warnings": r.get("warnings"),
                 "usable_cpus": (r.get("topology") or {}).get("usable"),
+                "topology": r.get("topology"),
+                "host_info": {k: (r.get("host") or {}).get(k) for k in ("hostname", "cpu_model", "kernel")},
             }
         )
         workers += [{**w, "mpi_rank": p["rank"], "host": p["host"]} for w in r.get("workers") or []]

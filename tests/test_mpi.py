@@ -261,3 +261,19 @@ def test_a_rank_killed_mid_run_ends_the_job_within_seconds_and_leaves_no_segment
     assert proc.returncode != 0 and took < 15, (took, err)
     assert "signal 9" in err or "Killed" in err, err  # mpirun names the rank that died
     time.sleep(1.0)  # the orphaned workers notice, remove the segment and exit
+
+
+def test_a_npy_file_is_read_by_offset_each_node_its_slice(mpirun, tmp_path, no_leak):
+    x = np.random.default_rng(3).standard_normal((300_001, 3))
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "j.yaml").write_text(
+        "name: f\ndata: {source: npy, path: x.npy}\nworkers: 1\nchunks_per_worker: 2\nrepeats: 2\nkernel: max\n"
+    )
+    out = _launch(mpirun, tmp_path, "j.yaml", "--mpi", "-q", "--report", "r.json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["result"]["value"] == float(x.max()) and rep["result"]["verified"] is True
+    assert rep["result"]["reference"] == float(x.max()), "max: the nodes' references combine"
+    lo, hi = rep["nodes"][1]["rows"]
+    assert rep["nodes"][1]["result"]["value"] == float(x[lo:hi].max()), "node 1 reduced exactly its rows"
+    assert all(n["topology"]["usable"] and n["host_info"]["hostname"] for n in rep["nodes"])
