@@ -12,6 +12,7 @@ peer never arrives (a rank that was killed): no rank waits for ever in a collect
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,10 @@ OK, FAILED, INTERRUPTED = 0, 1, 2
 # the signal (Slurm's warning, scancel), so a live peer arrives within about one round; one that never
 # comes was killed (mpirun then SIGTERMs the rest, and SIGKILLs them soon after).
 GIVE_UP_MIN_S = 1.0
+# SIGTERM/SIGINT/SIGHUP mean the job is being torn down (mpirun after a rank died, scancel, Ctrl-C): SIGKILL may
+# follow within a second, so a rank stops waiting for its peers almost at once and writes what it has.
+TEARDOWN_WAIT_S = 0.2
+_TEARDOWN = {int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP)}
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ class Sync:
         self.longest_round_s = 0.0  # set by the caller: a live peer is at most about one round behind
 
     def give_up_after_s(self) -> float:
+        if self.flag is not None and self.flag.signum in _TEARDOWN:
+            return TEARDOWN_WAIT_S
         return max(GIVE_UP_MIN_S, 2 * self.longest_round_s + 0.5)
 
     def exchange(self, state: int, what: str) -> int:

@@ -308,18 +308,21 @@ def _merge(
     bad = [p for p in parts if p["report"].get("status") != "ok"]
     timings = _timings(parts)
     whole["timings"] = timings
+    silent = sorted(set(range(env.size)) - {p["rank"] for p in parts})
+    # ranks that never reported: gone (killed), or their exchange with us broke off
+    gone = f"; no word from rank {', '.join(map(str, silent))} (killed, or cut off)" if silent else ""
     if bad:
         # the rank that failed, not those it stopped
         own = [p for p in bad if p["report"].get("error") != PEER_STOPPED] or bad
         first = next((p for p in own if p["report"].get("status") == "failed"), own[0])
         r = first["report"]
         whole["status"] = r.get("status")
-        whole["error"] = f"rank {first['rank']} ({first['host']}): {r.get('error')}"
+        whole["error"] = f"rank {first['rank']} ({first['host']}): {r.get('error')}{gone}"
         whole["exit_code"] = r.get("exit_code") or 1
         whole.pop("result", None)
         return whole
     if incomplete or len(parts) != env.size:
-        whole.update({"status": "failed", "error": "not every rank reported", "exit_code": 1})
+        whole.update({"status": "failed", "error": f"not every rank reported{gone}", "exit_code": 1})
         return whole
     kernel = _kernel(spec)
     t0 = time.perf_counter()

@@ -407,6 +407,14 @@ def _worker_main(conn: Connection, init: WorkerInit, launcher_ends: tuple[Connec
     # is noticed by its orphaned workers, and Slurm's SIGKILL after KillWait still ends everything.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    if init.orphan_unlink:
+        # A multi-node rank's workers leave its process group: when mpirun kills a dead job's ranks it may kill
+        # their groups, and a worker killed with its launcher could not remove the segment (below). Slurm still
+        # tracks them as the step's processes.
+        try:
+            os.setsid()
+        except OSError:
+            pass
     # Forked straight from the launcher, this worker holds copies of the launcher's ends of its own pipe and
     # of every earlier worker's: while any copy is open, a worker whose launcher died (SIGKILL, OOM killer)
     # never reads EOF and lives on. Close them all (through the objects, so no descriptor is closed twice).
@@ -414,6 +422,7 @@ def _worker_main(conn: Connection, init: WorkerInit, launcher_ends: tuple[Connec
         end.close()
     _guard_output(init.rank)
     worker = _Worker(init)
+    stopped = False  # told to stop by a live launcher, which removes the segment itself
     try:
         conn.send(("ok", worker.setup()))
         while True:
@@ -422,6 +431,7 @@ def _worker_main(conn: Connection, init: WorkerInit, launcher_ends: tuple[Connec
             except EOFError:  # the launcher went away
                 break
             if msg[0] == "stop":
+                stopped = True
                 break
             if msg[0] == "load":
                 conn.send(("ok", worker.load()))
@@ -443,23 +453,45 @@ def _worker_main(conn: Connection, init: WorkerInit, launcher_ends: tuple[Connec
             pass
     finally:
         worker.close()
-        if init.orphan_unlink:  # however we got here: idle at EOF, or a reply to a dead launcher failed
+        if init.orphan_unlink and not stopped:  # at EOF, or a reply to a dead launcher failed: it may be dying
             _unlink_if_orphaned(init)
 
 
-def _unlink_if_orphaned(init: WorkerInit) -> None:
-    """Remove the segment when its launcher is dead (another worker may have done it already)."""
+def _unlink_if_orphaned(init: WorkerInit, wait_s: float = 2.0) -> None:
+    """Remove the segment if its launcher dies before it does (another worker may have done it already).
+
+    Called as a worker exits without being told to stop: at EOF (the launcher died) or after a failed reply.
+    For ``wait_s`` it watches: the name gone means the launcher unlinked it; the launcher dead, or a zombie
+    its parent has not reaped yet (its pipes close before that), means it never will.
+    """
+    path = os.path.join(init.shm_dir, init.segment)
+    deadline = time.monotonic() + wait_s
+    while os.path.exists(path):
+        if not _running(init.launcher_pid):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            return
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that can still act (not gone, not a zombie)."""
     try:
-        os.kill(init.launcher_pid, 0)
-        return  # alive: it closed our pipe on purpose, and it unlinks the segment itself
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
-        pass
+        return False
     except OSError:
-        return
-    try:
-        os.unlink(os.path.join(init.shm_dir, init.segment))
-    except OSError:
-        pass
+        return True
+    return True
 
 
 # -- in the launcher --------------------------------------------------------------------

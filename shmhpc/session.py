@@ -227,11 +227,16 @@ class RunSession:
         self.pool = None
 
     def close(self) -> None:
-        """Stop the workers, unmap and unlink the segment. Never raises; safe to call twice."""
+        """Unlink the segment, stop the workers, unmap it. Never raises; safe to call twice.
+
+        The name goes first (the memory stays until the last mapping goes): a launcher killed while it waits
+        for its workers to stop (mpirun ending a job whose other rank died) has left nothing behind.
+        """
+        if self.segment is not None:
+            self.segment.unlink()
         self.stop_workers()
         if self.segment is not None:
             self.segment.close()
-            self.segment.unlink()
             self.segment = None
 
     # -- work --------------------------------------------------------------------------------

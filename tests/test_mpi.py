@@ -260,6 +260,10 @@ def test_a_rank_killed_mid_run_ends_the_job_within_seconds_and_leaves_no_segment
         took = time.monotonic() - t0
     assert proc.returncode != 0 and took < 15, (took, err)
     assert "signal 9" in err or "Killed" in err, err  # mpirun names the rank that died
+    report = tmp_path / "r.json"
+    if report.exists() and report.stat().st_size:  # rank 0 writes one unless mpirun's SIGKILL came first
+        rep = json.loads(report.read_text())
+        assert rep["status"] in ("interrupted", "failed") and "no word from rank 1" in rep["error"], rep["error"]
     time.sleep(1.0)  # the orphaned workers notice, remove the segment and exit
 
 
