@@ -46,6 +46,7 @@ import numpy as np
 from .errors import RunError, SpecError
 from .kernels import Kernel, kernel_from_object, make_kernel
 from .progress import NullProgress
+from .report import now_stamp
 from .spec import FILE_DTYPES, JobSpec, load_spec, spec_from_dict
 
 __all__ = ["Result", "Session", "Shared"]
@@ -420,7 +421,7 @@ class Session:
         run.prep = replace(a._prep, spec=spec, kernel=kernel, engine=engine, engine_reason=reason)
         report = copy.deepcopy(a._base)
         report["job"] = spec.model_dump(mode="json")
-        report["started_at"] = _now()
+        report["started_at"] = now_stamp()
         # a pool start and a load are this call's only when it needed them (share, or a restart after a failure)
         timings: dict[str, Any] = {k: v for k, v in a._costs.items() if v}
         a._costs = {}
@@ -444,12 +445,6 @@ class Session:
             run.prep = a._prep
         _finish(report, timings, time.perf_counter() - t0, 0)
         return _as_result(report)
-
-
-def _now() -> str:
-    from .report import now_stamp
-
-    return now_stamp()
 
 
 def _as_result(rep: dict[str, Any]) -> Result:

@@ -125,7 +125,6 @@ class Sync:
         self.MPI, self.comm, self.flag, self.timeout_s = MPI, comm, flag, timeout_s
         self._send = np.zeros(1, dtype=np.int32)
         self._recv = np.zeros(1, dtype=np.int32)
-        self.wait_s = 0.0
         self.longest_round_s = 0.0  # set by the caller: a live peer is at most about one round behind
 
     def give_up_after_s(self) -> float:
@@ -153,5 +152,4 @@ class Sync:
             spin += 1
             if spin > 1000:  # after a short busy wait (a round's barrier is usually quick), sleep a little
                 time.sleep(0.0005)
-        self.wait_s += time.monotonic() - t0
         return int(self._recv[0])

@@ -26,7 +26,7 @@ from typing import Any
 
 from .data import describe_data
 from .errors import RunError, RunInterrupted, SpecError
-from .kernels import combine_all
+from .kernels import combine_all, make_kernel
 from .mpi import FAILED, INTERRUPTED, OK, MpiEnv, Sync, detect_env, init, library, load_mpi, node_rows
 from .outputs import Output
 from .placement import _boundaries
@@ -324,7 +324,7 @@ def _merge(
     if incomplete or len(parts) != env.size:
         whole.update({"status": "failed", "error": f"not every rank reported{gone}", "exit_code": 1})
         return whole
-    kernel = _kernel(spec)
+    kernel = make_kernel(spec.kernel, spec.accumulate, [])
     t0 = time.perf_counter()
     states = [s for p in parts for s in p["states"]]
     value = kernel.finalize(combine_all(kernel, states))
@@ -371,12 +371,6 @@ def _placement(nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
     whole.pop("note", None)
     whole["summary"] = placement_line(whole)
     return whole
-
-
-def _kernel(spec: JobSpec) -> Any:
-    from .kernels import make_kernel
-
-    return make_kernel(spec.kernel, spec.accumulate, [])
 
 
 def _timings(parts: list[dict[str, Any]]) -> dict[str, Any]:

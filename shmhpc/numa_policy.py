@@ -28,7 +28,16 @@ from .cpulist import format_cpulist
 from .errors import RunError
 from .numa import MODE_NAMES, MPOL_BIND, MPOL_DEFAULT, MPOL_INTERLEAVE, mbind, policy_at
 
-__all__ = ["PolicyRange", "apply_ranges", "judge", "placement_line", "planned", "policy_ranges", "target_nodes"]
+__all__ = [
+    "PolicyRange",
+    "apply_ranges",
+    "judge",
+    "partition_pages",
+    "placement_line",
+    "planned",
+    "policy_ranges",
+    "target_nodes",
+]
 
 _MODES = {"bind": MPOL_BIND, "interleave": MPOL_INTERLEAVE}
 # interleave passes when each chosen node's share of the sampled pages is within this of 1/k, plus three
@@ -187,6 +196,15 @@ def _reset(address: int, ranges: list[PolicyRange]) -> None:
 # -- the check ------------------------------------------------------------------------------------
 
 
+def partition_pages(p: Any, loads: list[dict]) -> dict[str, int]:
+    """A partition's sampled pages per node: the sum of what each of its workers sampled over its own rows."""
+    counts: dict[str, int] = {}
+    for r in p.ranks:
+        for k, v in (loads[r].get("pages") or {}).items() if r < len(loads) else ():
+            counts[k] = counts.get(k, 0) + v
+    return counts
+
+
 def _intended(numa: Any, p: Any, interleave_nodes: list[int]) -> list[int] | None:
     if numa.placement == "interleave":
         return interleave_nodes
@@ -217,10 +235,7 @@ def judge(
         ok, reason = None, None
     parts = []
     for i, p in enumerate(plan.partitions):
-        counts: dict[str, int] = {}
-        for r in p.ranks:
-            for k, v in (loads[r].get("pages") or {}).items() if r < len(loads) else ():
-                counts[k] = counts.get(k, 0) + v
+        counts = partition_pages(p, loads)
         intended = _intended(numa, p, spread)
         parts.append(_judge_part(i, p, policy, intended, counts, numa.min_local))
     judged = [p for p in parts if p["passed"] is not None]

@@ -25,7 +25,7 @@ from .cpulist import format_cpulist
 from .errors import RunError, RunInterrupted, ShmhpcError, SpecError
 from .hugepages import filesystem_of, measured
 from .kernels import state_count
-from .numa_policy import judge
+from .numa_policy import judge, partition_pages
 from .outputs import Output, OutputError, check_output
 from .placement import Plan
 from .planning import Prepared, check_runnable_here, check_slurm_step, prepare, report_path_for
@@ -516,10 +516,7 @@ def _pages_by_partition(plan: Plan, loads: list[dict]) -> dict[str, Any]:
     """Where the sampled pages of each partition live (from ``move_pages`` in the owning workers)."""
     parts = []
     for p in plan.partitions:
-        counts: dict[str, int] = {}
-        for r in p.ranks:
-            for k, v in (loads[r].get("pages") or {}).items():
-                counts[k] = counts.get(k, 0) + v
+        counts = partition_pages(p, loads)
         on_node = counts.get(str(p.node), 0) if p.node is not None else None
         total = sum(counts.values())
         parts.append(
